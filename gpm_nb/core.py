@@ -41,14 +41,18 @@ def seed_everything(seed:int) -> int:
 
 # %% ../nbs/00_core.ipynb #c26402cc
 def rng_state() -> dict:
-    "The state of every random-number generator, to store in a checkpoint."
-    st = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
+    "The state of every random-number generator, as plain lists and tensors (safe for `torch.load(weights_only=True)`)."
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    st = dict(python=random.getstate(), numpy=[name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+              torch=torch.get_rng_state())
     if torch.cuda.is_available(): st['cuda'] = torch.cuda.get_rng_state_all()
     return st
 
 def set_rng_state(st:dict):
     "Restore the generators from `rng_state()`'s output."
-    random.setstate(st['python']); np.random.set_state(st['numpy']); torch.set_rng_state(st['torch'])
+    name, keys, pos, has_gauss, cached = st['numpy']
+    random.setstate(st['python']); np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(st['torch'])
     if 'cuda' in st and torch.cuda.is_available(): torch.cuda.set_rng_state_all(st['cuda'])
 
 # %% ../nbs/00_core.ipynb #04de388e
