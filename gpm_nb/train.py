@@ -13,7 +13,7 @@ from .core import rng_state, set_rng_state
 
 # %% auto #0
 __all__ = ['CKPT_FORMAT', 'save_checkpoint', 'CheckpointError', 'read_checkpoint', 'load_checkpoint', 'Callback',
-           'NonFiniteLossError', 'Trainer', 'LogCB', 'EvalCB', 'CheckpointCB', 'ProgressCB']
+           'NonFiniteLossError', 'Trainer', 'LogCB', 'EvalCB', 'CheckpointCB', 'ProgressCB', 'LinearDecayCB']
 
 # %% ../nbs/04_train.ipynb #b99f1e32
 CKPT_FORMAT = 'gpm_nb.checkpoint/1'
@@ -69,7 +69,7 @@ def load_checkpoint(path:str|Path, # checkpoint file
 
 # %% ../nbs/04_train.ipynb #b3666e68
 class Callback:
-    "Base class: override any of `before_fit`, `after_step`, `after_fit`; lower `order` runs first."
+    "Base class: override any of `before_fit`, `before_step`, `after_step`, `after_fit`; lower `order` runs first."
     order = 0
 
 # %% ../nbs/04_train.ipynb #542597a9
@@ -93,8 +93,10 @@ class Trainer:
     def fit(self, n_steps:int):
         "Train until `self.step == n_steps`."
         if n_steps < self.step: raise ValueError(f"n_steps={n_steps} is below the step already reached ({self.step})")
+        self.n_steps = n_steps
         self.model.train(); self('before_fit')
         while self.step < n_steps:
+            self('before_step')
             self.losses = self.model.train_step()
             self.check_finite()
             self.step += 1
@@ -176,3 +178,18 @@ class ProgressCB(Callback):
         ev = {k: v for k, v in tr.metrics.items() if k != 'step'} if tr.metrics.get('step') == tr.step else {}
         vals = ' '.join(f'{k}={v:.4g}' for k, v in {**tr.losses, **ev}.items() if isinstance(v, (int, float)))
         print(f'step {tr.step:>6}  {vals}  ({its:.1f} it/s)', file=self.file or sys.stdout, flush=True)
+
+# %% ../nbs/04_train.ipynb #5083247d
+class LinearDecayCB(Callback):
+    "Decay every optimiser's learning rate linearly to 0 over the last `frac` of `n_steps`."
+    order = -10
+    def __init__(self, frac:float=0.5):
+        if not 0 < frac <= 1: raise ValueError(f"frac must be in (0, 1], got {frac}")
+        self.frac = frac
+    def before_fit(self, tr):
+        for o in tr.model.optimizers().values():
+            for g in o.param_groups: g.setdefault('initial_lr', g['lr'])
+    def before_step(self, tr):
+        f = min(1., (tr.n_steps - tr.step) / (self.frac * tr.n_steps))
+        for o in tr.model.optimizers().values():
+            for g in o.param_groups: g['lr'] = g['initial_lr'] * f

@@ -93,3 +93,16 @@ def test_bad_inputs():
 
 def test_methods_registry():
     assert 'discr_flow' in METHODS and METHODS['discr_flow'].build is discr_flow
+
+def test_schedule_and_ema_options():
+    from gpm_nb.gpm import schedule_cbs
+    from gpm_nb.train import LinearDecayCB
+    assert schedule_cbs(QUICK) == [] and isinstance(schedule_cbs(replace(QUICK, lr_decay=.3))[0], LinearDecayCB)
+    seed_everything(0); m = discr_flow(gaussians5(), replace(QUICK, ema=0.9), device='cpu')
+    assert m.sampling_field is m.field_ema and m.sample(4).shape == (4, 2)
+    Trainer(m).fit(3)
+    assert m.n_updates.item() == 3
+    w, we = m.field.net.net[0].weight, m.field_ema.net.net[0].weight
+    assert not torch.equal(w, we) and not we.requires_grad
+    with pytest.raises(ValueError, match='ema < 1'): discr_flow(gaussians5(), replace(QUICK, ema=1.0), device='cpu')
+    assert discr_flow(gaussians5(), QUICK, device='cpu').sampling_field is not None

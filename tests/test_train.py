@@ -81,3 +81,18 @@ def test_log_eval_and_checkpoint_callbacks(tmp_path):
     assert 'eval_w' in rows[1] and 'eval_w' not in rows[0] and 'eval_w' in rows[-1] and 'loss' in rows[-2]
     assert len(calls) == 3 and read_checkpoint(tmp_path/'c.pt')['step'] == 25
     with pytest.raises(ValueError, match='below the step'): tr.fit(10)
+
+def test_linear_decay_schedule_survives_resume(tmp_path):
+    from gpm_nb.train import LinearDecayCB
+    def lrs_of(n, resume=None, save=None):
+        seed_everything(0); m = Toy(); seen = []
+        spy = type('Spy', (), {'order': 50, 'after_step': lambda s, tr: seen.append(m.opt.param_groups[0]['lr'])})()
+        tr = Trainer(m, [LinearDecayCB(0.5), spy] + ([CheckpointCB(save, every=10**6)] if save else []))
+        if resume: tr.resume(resume)
+        tr.fit(n); return seen
+    full = lrs_of(40)
+    assert full[:20] == [1e-2] * 20 and full[-1] == pytest.approx(1e-2 / 20) and all(a > b for a, b in zip(full[20:], full[21:]))
+    lrs_of(40 // 2 + 5, save=tmp_path/'c.pt')     # (a shorter run has its own schedule...)
+    seed_everything(0); m = Toy(); load_checkpoint(tmp_path/'c.pt', m)
+    assert m.opt.param_groups[0]['initial_lr'] == 1e-2   # ...but the base lr travels with the optimiser state
+    with pytest.raises(ValueError, match='frac'): LinearDecayCB(1.5)
