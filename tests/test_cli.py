@@ -69,3 +69,14 @@ def test_user_array_end_to_end(bin_dir, tmp_path):
 def test_bench_reports_figures():
     b = bench(preset='quick', iters=2, n_samples=500, device='cpu')
     assert b['train_it_per_s'] > 0 and b['sample_seconds'] > 0 and b['peak_mem_mb'] > 0 and b['n_samples'] == 500
+
+def test_resume_from_corrupt_checkpoint_is_refused_and_kept(tmp_path):
+    out = tmp_path/'r'; train(preset='quick', steps=5, out=out, quiet=True)
+    (out/'checkpoint.pt').write_bytes(b'\x00' * 64)
+    with pytest.raises(ValueError, match='corrupt or truncated'): train(preset='quick', steps=10, out=out, resume=True, quiet=True)
+    assert (out/'checkpoint.pt').read_bytes() == b'\x00' * 64       # nothing overwritten
+
+def test_one_dimensional_user_data(tmp_path):
+    np.save(tmp_path/'one.npy', np.random.default_rng(0).normal(3, 2, (400, 1)).astype(np.float32))
+    m = train(data=str(tmp_path/'one.npy'), preset='quick', steps=5, out=tmp_path/'r', quiet=True, n_samples=100)
+    assert np.load(tmp_path/'r'/'samples.npy').shape == (100, 1) and 'high_quality' not in m
