@@ -21,14 +21,12 @@ __all__ = ['Standardized', 'standardize', 'DataShape', 'make_run', 'draw', 'plot
 
 # %% ../nbs/20_cli.ipynb #6668efb1
 class Standardized:
-    "Data `(x - mean) / scale` per coordinate, and the map back."
+    "Data `(x - mean) / scale` per coordinate (`draw` maps samples back with the mean and scale stored in the config)."
     def __init__(self, data, mean:list, scale:list):
         self.data, self.mean, self.scale = data, torch.tensor(mean), torch.tensor(scale)
-        self.dim = len(mean)
     def sample(self, n:int, device=None):
         x = self.data.sample(n, device=device)
         return (x - self.mean.to(x.device)) / self.scale.to(x.device)
-    def unstandardize(self, x): return x * self.scale.to(x.device) + self.mean.to(x.device)
 
 def standardize(data) -> Standardized:
     "Wrap user `ArrayData` so that each coordinate has zero mean and unit variance."
