@@ -5,13 +5,14 @@
 # %% ../nbs/00_core.ipynb #4b7bc7a1
 from __future__ import annotations
 import os, sys, random
+from contextlib import contextmanager
 import numpy as np
 import torch
 from torch import Tensor
 
 # %% auto #0
 __all__ = ['PRESETS', 'PRESET_ENV', 'default_device', 'check_preset', 'get_preset', 'seed_everything', 'rng_state',
-           'set_rng_state', 'check_shape', 'check_finite', 'append_dims', 'import_torchvision']
+           'set_rng_state', 'fork_rng', 'check_shape', 'check_finite', 'append_dims', 'import_torchvision']
 
 # %% ../nbs/00_core.ipynb #0c7b0dbb
 def default_device() -> torch.device:
@@ -56,6 +57,16 @@ def set_rng_state(st:dict):
     random.setstate(st['python']); np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(st['torch'])
     if 'cuda' in st and torch.cuda.is_available(): torch.cuda.set_rng_state_all(st['cuda'])
+
+# %% ../nbs/00_core.ipynb #2fe4554c
+@contextmanager
+def fork_rng(seed:int|None=None): # seed every generator with this inside the block; `None` leaves them as they are
+    "Run a block on forked generators: save every RNG state, optionally seed, restore the saved state on exit."
+    st = rng_state()
+    try:
+        if seed is not None: seed_everything(seed)
+        yield
+    finally: set_rng_state(st)
 
 # %% ../nbs/00_core.ipynb #04de388e
 def check_shape(x:Tensor, # tensor to check

@@ -4,16 +4,17 @@
 
 # %% ../nbs/04_train.ipynb #591ce9fa
 from __future__ import annotations
-import json, math, os, sys, time
+import copy, json, math, os, sys, time
 from pathlib import Path
 from typing import Callable
 import torch
 from torch import nn
-from .core import rng_state, set_rng_state
+from fastcore.basics import patch
+from .core import rng_state, set_rng_state, fork_rng
 
 # %% auto #0
 __all__ = ['CKPT_FORMAT', 'save_checkpoint', 'CheckpointError', 'read_checkpoint', 'load_checkpoint', 'Callback',
-           'NonFiniteLossError', 'Trainer', 'LogCB', 'EvalCB', 'CheckpointCB', 'ProgressCB', 'LinearDecayCB']
+           'NonFiniteLossError', 'Trainer', 'LogCB', 'EvalCB', 'CheckpointCB', 'ProgressCB', 'LinearDecayCB', 'EMA']
 
 # %% ../nbs/04_train.ipynb #b99f1e32
 CKPT_FORMAT = 'gpm_nb.checkpoint/1'
@@ -105,7 +106,8 @@ class Trainer:
         return self
 
 # %% ../nbs/04_train.ipynb #e11ff97c
-def _check_finite(self:Trainer):
+@patch
+def check_finite(self:Trainer):
     "Raise `NonFiniteLossError`, naming the last good checkpoint, if a loss is NaN or infinite."
     bad = {k: v for k, v in self.losses.items() if not math.isfinite(v)}
     if not bad: return
@@ -113,7 +115,6 @@ def _check_finite(self:Trainer):
             if self.last_checkpoint else "no checkpoint was written yet")
     raise NonFiniteLossError(f"non-finite loss at step {self.step + 1}: {bad}; training stopped and {kept}. "
                              "Lower the learning rate or add a gradient penalty, then resume.")
-Trainer.check_finite = _check_finite
 
 # %% ../nbs/04_train.ipynb #f2c52565
 class LogCB(Callback):
@@ -139,14 +140,20 @@ class LogCB(Callback):
 
 # %% ../nbs/04_train.ipynb #6e021a33
 class EvalCB(Callback):
-    "Every `every` steps (and at the end) set `trainer.metrics = fn(model)` and report them."
+    "Every `every` steps (and at the end) set `trainer.metrics = fn(model)`, on random generators of its own."
     order = 5
-    def __init__(self, fn:Callable[[nn.Module], dict], every:int=500):
-        self.fn, self.every = fn, every
-    def _eval(self, tr):
-        tr.model.eval()
-        try: tr.metrics = dict(step=tr.step, **self.fn(tr.model))
-        finally: tr.model.train()
+    def __init__(self, fn:Callable[[nn.Module], dict], # model -> metrics (plain numbers)
+                 every:int=500, # evaluate every this many steps
+                 seed:int|None=0): # seed of the evaluation's random numbers; `None`: fork without seeding
+        if every < 1: raise ValueError(f"every must be >= 1, got {every}")
+        self.fn, self.every, self.seed = fn, every, seed
+    def evaluate(self, model:nn.Module) -> dict:
+        "`fn(model)` in eval mode inside `fork_rng(seed)`: training's generators and mode are left as they were."
+        was = model.training; model.eval()
+        try:
+            with fork_rng(self.seed): return self.fn(model)
+        finally: model.train(was)
+    def _eval(self, tr): tr.metrics = dict(step=tr.step, **self.evaluate(tr.model))
     def after_step(self, tr):
         if tr.step % self.every == 0: self._eval(tr)
     def after_fit(self, tr):
@@ -181,15 +188,48 @@ class ProgressCB(Callback):
 
 # %% ../nbs/04_train.ipynb #5083247d
 class LinearDecayCB(Callback):
-    "Decay every optimiser's learning rate linearly to 0 over the last `frac` of `n_steps`."
+    "Decay every optimiser's learning rate linearly to 0 over the last `frac` of `total` (default: `n_steps`) steps."
     order = -10
-    def __init__(self, frac:float=0.5):
+    def __init__(self, frac:float=0.5, # fraction of the horizon over which the learning rate decays
+                 total:int|None=None): # horizon of the schedule; `None`: the `n_steps` of each `fit`
         if not 0 < frac <= 1: raise ValueError(f"frac must be in (0, 1], got {frac}")
-        self.frac = frac
+        if total is not None and total < 1: raise ValueError(f"total must be >= 1, got {total}")
+        self.frac, self.total = frac, total
     def before_fit(self, tr):
+        if self.total is not None and tr.n_steps > self.total:
+            raise ValueError(f"fit({tr.n_steps}) goes past the learning-rate schedule's total={self.total} steps, "
+                             f"where the learning rate is 0: train to at most {self.total} steps, or start a new "
+                             f"run with total={tr.n_steps}")
         for o in tr.model.optimizers().values():
             for g in o.param_groups: g.setdefault('initial_lr', g['lr'])
     def before_step(self, tr):
-        f = min(1., (tr.n_steps - tr.step) / (self.frac * tr.n_steps))
+        n = self.total or tr.n_steps
+        f = min(1., (n - tr.step) / (self.frac * n))
         for o in tr.model.optimizers().values():
             for g in o.param_groups: g['lr'] = g['initial_lr'] * f
+
+# %% ../nbs/04_train.ipynb #2e267566
+class EMA(nn.Module):
+    "An exponential moving average of `net`'s weights (with warm-up); calling it calls the average."
+    def __init__(self, net:nn.Module, # the network to average: a field, a generator
+                 decay:float=0.999): # long-run decay per update, in [0, 1)
+        super().__init__()
+        if not 0 <= decay < 1: raise ValueError(f"decay must be in [0, 1), got {decay}")
+        self.decay, self.avg = float(decay), copy.deepcopy(net).requires_grad_(False)
+        self.register_buffer('n_updates', torch.zeros((), dtype=torch.long))
+    def forward(self, *args, **kwargs): return self.avg(*args, **kwargs)
+
+# %% ../nbs/04_train.ipynb #a78fb574
+@patch
+def update(self:EMA, net:nn.Module): # the network being trained, with `avg`'s structure
+    "Move `avg` towards `net` by `1 - d_n`, `d_n = min(decay, (1 + n) / (10 + n))`; copy buffers."
+    ps, bs = dict(net.named_parameters()), dict(net.named_buffers())
+    aps, abs_ = dict(self.avg.named_parameters()), dict(self.avg.named_buffers())
+    if ps.keys() != aps.keys() or bs.keys() != abs_.keys():
+        raise ValueError("EMA.update: net does not have the parameters and buffers of the averaged network")
+    n = self.n_updates.item(); d = min(self.decay, (1 + n) / (10 + n))
+    with torch.no_grad():
+        for k, a in aps.items(): a.lerp_(ps[k], 1 - d)
+        for k, b in abs_.items(): b.copy_(bs[k])
+    self.n_updates += 1
+    return self

@@ -1,9 +1,9 @@
 "gpm_nb.data: mixtures with exact log-density and score, toys, user arrays, digits, and clear errors on bad input."
 import math
 import numpy as np, pytest, torch
-from gpm_nb.core import seed_everything, rng_state, set_rng_state
-from gpm_nb.data import (GaussianMixture, gaussians5, gaussians8, gaussians25, Toy2D, ArrayData, DATASETS,
-                         load_array, get_dataset, load_digits)
+from gpm_nb.core import seed_everything, rng_state, set_rng_state, default_device
+from gpm_nb.data import (GaussianMixture, gaussians5, gaussians8, gaussians25, gaussians_narrow, gaussians_uneven,
+                         Toy2D, ArrayData, DATASETS, load_array, get_dataset, load_digits, digits)
 
 TOYS = ['moons', 'swiss_roll', 'checkerboard', 'rings', 'pinwheel']
 
@@ -21,6 +21,23 @@ def test_mixture_geometry():
     assert sorted(set(g25.means.flatten().tolist())) == [-4., -2., 0., 2., 4.] and len(g25.means) == 25
     for g in (g5, g8, g25): assert torch.allclose(g.weights, torch.full_like(g.weights, 1 / len(g.weights)))
     assert torch.allclose(g5.cov(), 4.75 * torch.eye(2, dtype=torch.float64), atol=1e-5)
+
+
+def test_hard_mixtures():
+    gn, gu = gaussians_narrow(), gaussians_uneven()
+    assert (gn.name, gu.name) == ('gaussians_narrow', 'gaussians_uneven') and (gn.std, gu.std) == (0.05, 0.5)
+    assert torch.allclose(gn.means, gaussians8().means) and torch.allclose(gu.means, gaussians5().means)
+    assert torch.allclose(gn.weights, torch.full((8,), 1 / 8))
+    assert torch.allclose(gu.weights, torch.tensor([.03, .07, .15, .25, .5])) and math.isclose(gu.weights.sum().item(), 1, abs_tol=1e-6)
+    for g, lim, h in [(gn, 2.5, 0.05), (gu, 7., 0.1)]:
+        assert torch.equal(g.mode_index(g.means), torch.arange(len(g.means)))
+        t = torch.arange(-lim, lim + h / 2, h, dtype=torch.float64)
+        assert abs(g.log_prob(torch.cartesian_prod(t, t)).exp().sum().item() * h * h - 1) < 1e-6
+    seed_everything(3); n = 40_000
+    O = torch.bincount(gu.mode_index(gu.sample(n, device='cpu')), minlength=5).double(); E = n * gu.weights.double()
+    assert ((O - E) ** 2 / E).sum() < 18.47  # chi^2_4 99.9% quantile: the light modes get their share
+    x = gn.sample(n, device='cpu')
+    assert ((x - gn.means[gn.mode_index(x)]).norm(dim=1) < 6 * 0.05).all()  # every draw sits in a narrow mode
 
 
 def test_log_prob_matches_torch_distributions_and_integrates_to_one():
@@ -96,7 +113,7 @@ def test_mixture_bad_points():
 @pytest.mark.parametrize('name', TOYS)
 def test_toys_are_standardised_and_seeded(name):
     ds = DATASETS[name]()
-    assert isinstance(ds, Toy2D) and ds.name == name and ds.dim == 2
+    assert isinstance(ds, Toy2D) and ds.name == name and ds.dim == 2 and ds.shape == (2,)
     seed_everything(1); x = ds.sample(20_000, device='cpu')
     seed_everything(1); assert torch.equal(ds.sample(20_000, device='cpu'), x)
     x = x.double(); sq = (x ** 2).sum(1)
@@ -113,13 +130,17 @@ def test_checkerboard_lies_on_black_cells():
 
 
 def test_registry():
-    assert list(DATASETS) == ['gaussians5', 'gaussians8', 'gaussians25'] + TOYS
-    for name, make in DATASETS.items(): assert make().name == name and make().sample(3, device='cpu').shape == (3, 2)
+    assert list(DATASETS) == ['gaussians5', 'gaussians8', 'gaussians25', 'gaussians_narrow', 'gaussians_uneven'] + TOYS + ['digits']
+    for name, make in DATASETS.items():
+        ds = make()
+        assert ds.name == name and ds.sample(3, device='cpu').shape == (3, *ds.shape)
+        if name != 'digits': assert ds.shape == (2,)
+    for name in ('gaussians_narrow', 'gaussians_uneven'): assert isinstance(DATASETS[name](), GaussianMixture)
 
 
 def test_array_data():
     ad = ArrayData(torch.arange(12).reshape(6, 2), name='ints')
-    assert ad.x.dtype == torch.float32 and ad.dim == 2 and len(ad) == 6 and ad.name == 'ints'
+    assert ad.x.dtype == torch.float32 and ad.dim == 2 and ad.shape == (2,) and len(ad) == 6 and ad.name == 'ints'
     seed_everything(2); s = ad.sample(6000, device='cpu')
     assert torch.equal(s[:, 1] - s[:, 0], torch.ones(6000))
     counts = torch.bincount((s[:, 0] / 2).long(), minlength=6)
@@ -128,10 +149,25 @@ def test_array_data():
     assert ArrayData(np.ones((3, 4))).dim == 4
 
 
+def test_array_data_images():
+    imgs = torch.arange(5.)[:, None, None, None].expand(5, 3, 4, 6).clone()  # image k is constant k
+    ad = ArrayData(imgs.numpy(), name='imgs')
+    assert (ad.shape, ad.dim, len(ad)) == ((3, 4, 6), 72, 5) and 'shape=(3, 4, 6)' in repr(ad)
+    seed_everything(4); s = ad.sample(2000, device='cpu')
+    assert s.shape == (2000, 3, 4, 6) and s.dtype == torch.float32
+    assert (s == s[:, :1, :1, :1]).all()  # each draw is one whole image
+    counts = torch.bincount(s[:, 0, 0, 0].long(), minlength=5)
+    assert (counts > 300).all() and (counts < 500).all()
+    seed_everything(4); assert torch.equal(ad.sample(2000, device='cpu'), s)
+
+
 @pytest.mark.parametrize('x, err, msg', [
     ([[1., 2.]], TypeError, r'torch.Tensor of shape \(n, d\)'),
-    (torch.zeros(5), ValueError, r'2-D of shape \(n, d\), got shape \(5,\)'),
-    (torch.zeros(2, 3, 4), ValueError, r'got shape \(2, 3, 4\)'),
+    ([[1., 2.]], TypeError, r'or \(n, c, h, w\)'),
+    (torch.zeros(5), ValueError, r'2-D \(n, d\) or 4-D \(n, c, h, w\), got shape \(5,\)'),
+    (torch.zeros(2, 3, 4), ValueError, r'got shape \(2, 3, 4\); for grey images \(n, h, w\) add a channel axis: x\[:, None\]'),
+    (torch.zeros(2, 1, 3, 4, 5), ValueError, r'2-D \(n, d\) or 4-D \(n, c, h, w\), got shape \(2, 1, 3, 4, 5\)'),
+    (torch.full((2, 1, 3, 3), float('inf')), ValueError, 'x contains inf'),
     (torch.zeros(0, 2), ValueError, 'non-empty'),
     (torch.ones(2, 2, dtype=torch.bool), TypeError, 'real numbers'),
     (torch.tensor([[0., float('nan')]]), ValueError, 'x contains NaN')])
@@ -150,6 +186,24 @@ def test_load_array_roundtrip(tmp_path):
     assert load_array(tmp_path / 'i.npy').dtype == torch.float32
 
 
+def test_load_array_images_roundtrip(tmp_path):
+    ims = np.random.default_rng(1).uniform(-1, 1, size=(20, 3, 8, 8))
+    np.save(tmp_path / 'im.npy', ims); np.savez(tmp_path / 'im.npz', images=ims.astype(np.float16))
+    a = load_array(tmp_path / 'im.npy')
+    assert a.shape == (20, 3, 8, 8) and a.dtype == torch.float32 and torch.allclose(a, torch.tensor(ims, dtype=torch.float32))
+    assert torch.allclose(load_array(tmp_path / 'im.npz'), a, atol=1e-3)
+    np.save(tmp_path / 'u8.npy', np.full((4, 1, 2, 2), 255, dtype=np.uint8))
+    assert load_array(tmp_path / 'u8.npy').eq(255.).all()
+
+
+def test_load_array_3d_asks_for_a_channel_axis(tmp_path):
+    np.save(tmp_path / 'grey.npy', np.zeros((10, 8, 8)))
+    with pytest.raises(ValueError, match=r'got shape \(10, 8, 8\); for grey images \(n, h, w\) add a channel axis') as e:
+        load_array(tmp_path / 'grey.npy')
+    assert str(tmp_path / 'grey.npy') in str(e.value) and '(n, c, h, w)' in str(e.value)
+    with pytest.raises(ValueError, match='add a channel axis'): get_dataset(str(tmp_path / 'grey.npy'))
+
+
 def test_load_array_errors_name_the_file_and_the_problem(tmp_path):
     xs = np.random.default_rng(0).normal(size=(50, 3))
     def save(name, a): np.save(tmp_path / name, a); return tmp_path / name
@@ -158,17 +212,20 @@ def test_load_array_errors_name_the_file_and_the_problem(tmp_path):
     (tmp_path / 'a.csv').write_text('1,2\n')
     (tmp_path / 'trunc.npy').write_bytes(save('full.npy', xs).read_bytes()[:300])
     nan = xs.copy(); nan[[1, 4, 7], 0] = np.nan; nan[9, 2] = np.inf
+    nan_im = np.zeros((20, 3, 4, 4)); nan_im[[0, 5], 2, 3, 3] = np.nan
     cases = [('missing.npy', None, FileNotFoundError, 'no such file'),
              ('a.csv', None, ValueError, "unsupported file type '.csv', expected .npy or .npz"),
              ('bad.npy', None, ValueError, 'cannot read'), ('bad.npz', None, ValueError, 'cannot read'),
              ('trunc.npy', None, ValueError, 'cannot read'),
              ('two.npz', None, ValueError, r"holds several arrays: pass key= one of \['x', 'y'\]"),
              ('two.npz', 'z', ValueError, "has no array 'z'"), ('none.npz', None, ValueError, 'holds no arrays'),
-             (save('v.npy', xs[:, 0]).name, None, ValueError, r'expected a 2-D array of shape \(n, d\), got shape \(50,\)'),
+             (save('v.npy', xs[:, 0]).name, None, ValueError, r'must be 2-D \(n, d\) or 4-D \(n, c, h, w\), got shape \(50,\)'),
+             (save('five.npy', np.zeros((2, 1, 2, 2, 2))).name, None, ValueError, r'got shape \(2, 1, 2, 2, 2\)'),
              (save('s.npy', np.array([['a', 'b']])).name, None, ValueError, 'expected a numeric'),
              (save('c.npy', np.ones((2, 2), dtype=complex)).name, None, ValueError, 'expected a numeric'),
              (save('e.npy', np.zeros((0, 2))).name, None, ValueError, 'empty'),
-             (save('nan.npy', nan).name, None, ValueError, '4 of 50 rows contain NaN or inf')]
+             (save('nan.npy', nan).name, None, ValueError, '4 of 50 samples contain NaN or inf'),
+             (save('nan_im.npy', nan_im).name, None, ValueError, '2 of 20 samples contain NaN or inf')]
     for name, key, err, msg in cases:
         with pytest.raises(err, match=msg) as e: load_array(tmp_path / name, key)
         assert str(tmp_path / name) in str(e.value)
@@ -178,9 +235,14 @@ def test_get_dataset(tmp_path):
     assert isinstance(get_dataset('gaussians25'), GaussianMixture) and get_dataset('pinwheel').name == 'pinwheel'
     np.save(tmp_path / 'mine.npy', np.ones((7, 3)))
     ds = get_dataset(str(tmp_path / 'mine.npy'))
-    assert isinstance(ds, ArrayData) and (ds.name, ds.dim, len(ds)) == ('mine', 3, 7)
-    with pytest.raises(ValueError, match=r"unknown dataset 'nope': choose one of gaussians5, gaussians8, gaussians25, moons, "
-                                          r"swiss_roll, checkerboard, rings, pinwheel, or a path to a \.npy/\.npz array of shape \(n, d\)"):
+    assert isinstance(ds, ArrayData) and (ds.name, ds.dim, ds.shape, len(ds)) == ('mine', 3, (3,), 7)
+    np.save(tmp_path / 'pics.npy', np.zeros((5, 3, 32, 32), dtype=np.float32))
+    ds = get_dataset(str(tmp_path / 'pics.npy'))
+    assert (ds.name, ds.shape, len(ds)) == ('pics', (3, 32, 32), 5) and ds.sample(2, device='cpu').shape == (2, 3, 32, 32)
+    assert isinstance(get_dataset('gaussians_narrow'), GaussianMixture)
+    with pytest.raises(ValueError, match=r"unknown dataset 'nope': choose one of gaussians5, gaussians8, gaussians25, gaussians_narrow, "
+                                          r"gaussians_uneven, moons, swiss_roll, checkerboard, rings, pinwheel, digits, "
+                                          r"or a path to a \.npy/\.npz array of shape \(n, d\) or \(n, c, h, w\)"):
         get_dataset('nope')
     with pytest.raises(FileNotFoundError, match='no such file'): get_dataset(str(tmp_path / 'gone.npz'))
 
@@ -191,3 +253,15 @@ def test_load_digits():
     assert (x.min().item(), x.max().item()) == (-1., 1.) and y.unique().tolist() == list(range(10))
     from sklearn.datasets import load_digits as sk
     assert torch.allclose((x[:, 0] + 1) * 8, torch.tensor(sk().images, dtype=torch.float32))
+
+
+def test_digits_dataset():
+    ds = get_dataset('digits')
+    assert isinstance(ds, ArrayData) and (ds.name, ds.shape, ds.dim, len(ds)) == ('digits', (1, 8, 8), 64, 1797)
+    assert ds.x.device.type == 'cpu' and torch.equal(ds.x, load_digits(device='cpu')[0]) and torch.equal(digits().x, ds.x)
+    seed_everything(5); x = ds.sample(500, device='cpu')
+    assert x.shape == (500, 1, 8, 8) and x.dtype == torch.float32
+    assert x.min() >= -1 and x.max() <= 1 and x.min() == -1 and x.max() == 1
+    assert (x.flatten(1)[:, None] == ds.x.flatten(1)[None]).all(2).any(1).all()  # every draw is one of the digits
+    seed_everything(5); assert torch.equal(ds.sample(500, device='cpu'), x)
+    assert ds.sample(3).device.type == default_device().type

@@ -1,10 +1,11 @@
 "The training loop: checkpoints (atomic, validated), exact resume, NaN stops, callbacks."
-import json
+import json, random
+import numpy as np
 import pytest, torch
 from torch import nn
 from gpm_nb.core import seed_everything
-from gpm_nb.train import (Trainer, LogCB, EvalCB, CheckpointCB, save_checkpoint, load_checkpoint, read_checkpoint,
-                          CheckpointError, NonFiniteLossError)
+from gpm_nb.train import (Trainer, Callback, LogCB, EvalCB, CheckpointCB, LinearDecayCB, EMA, save_checkpoint,
+                          load_checkpoint, read_checkpoint, CheckpointError, NonFiniteLossError)
 
 class Toy(nn.Module):
     def __init__(self, nan_after=None, width=3):
@@ -82,17 +83,110 @@ def test_log_eval_and_checkpoint_callbacks(tmp_path):
     assert len(calls) == 3 and read_checkpoint(tmp_path/'c.pt')['step'] == 25
     with pytest.raises(ValueError, match='below the step'): tr.fit(10)
 
+class LrSpy(Callback):
+    "Record the learning rate every step trained with."
+    order = 50
+    def __init__(self): self.seen = []
+    def after_step(self, tr): self.seen.append(tr.model.opt.param_groups[0]['lr'])
+
+def lrs_of(n, total, save=None, resume=None):
+    seed_everything(0); spy = LrSpy()
+    tr = Trainer(m := Toy(), [LinearDecayCB(0.5, total), spy] + ([CheckpointCB(save, every=10**6)] if save else []))
+    if resume: seed_everything(99); tr.resume(resume)
+    tr.fit(n); return spy.seen, m
+
 def test_linear_decay_schedule_survives_resume(tmp_path):
-    from gpm_nb.train import LinearDecayCB
-    def lrs_of(n, resume=None, save=None):
-        seed_everything(0); m = Toy(); seen = []
-        spy = type('Spy', (), {'order': 50, 'after_step': lambda s, tr: seen.append(m.opt.param_groups[0]['lr'])})()
-        tr = Trainer(m, [LinearDecayCB(0.5), spy] + ([CheckpointCB(save, every=10**6)] if save else []))
-        if resume: tr.resume(resume)
-        tr.fit(n); return seen
-    full = lrs_of(40)
-    assert full[:20] == [1e-2] * 20 and full[-1] == pytest.approx(1e-2 / 20) and all(a > b for a, b in zip(full[20:], full[21:]))
-    lrs_of(40 // 2 + 5, save=tmp_path/'c.pt')     # (a shorter run has its own schedule...)
-    seed_everything(0); m = Toy(); load_checkpoint(tmp_path/'c.pt', m)
-    assert m.opt.param_groups[0]['initial_lr'] == 1e-2   # ...but the base lr travels with the optimiser state
+    full, m_full = lrs_of(40, 40)
+    assert len(full) == 40 and full[:20] == [1e-2] * 20 and full[-1] == pytest.approx(1e-2 / 20)
+    assert all(a > b for a, b in zip(full[20:], full[21:]))
+    head, _ = lrs_of(25, 40, save=tmp_path/'c.pt')
+    assert read_checkpoint(tmp_path/'c.pt')['step'] == 25
+    tail, m_res = lrs_of(40, 40, resume=tmp_path/'c.pt')
+    assert len(head) == 25 and len(tail) == 15
+    assert head + tail == full                                   # the full lr sequence, exactly
+    assert torch.equal(m_res.lin.weight, m_full.lin.weight)      # and so the same model
+    assert m_res.opt.param_groups[0]['initial_lr'] == 1e-2       # the base lr travels with the optimiser state
+
+def test_linear_decay_without_total_jumps_on_resume(tmp_path):
+    "Why `total` exists: without it the interrupted run decays towards its own end, then the resumed one jumps."
+    head, _ = lrs_of(25, None, save=tmp_path/'c.pt')
+    tail, _ = lrs_of(40, None, resume=tmp_path/'c.pt')
+    full, _ = lrs_of(40, 40)
+    assert lrs_of(40, None)[0] == full and head + tail != full and tail[0] > 5 * head[-1]
+
+def test_linear_decay_refuses_to_train_past_total():
+    with pytest.raises(ValueError, match='past the learning-rate schedule.*total=40'): lrs_of(41, 40)
     with pytest.raises(ValueError, match='frac'): LinearDecayCB(1.5)
+    with pytest.raises(ValueError, match='total'): LinearDecayCB(0.5, total=0)
+
+def noisy_eval(m):
+    "An evaluation that draws from every generator and samples from the model."
+    x = torch.randn(64, m.lin.in_features)
+    return {'out': m.lin(x).mean().item(), 'u': random.random(), 'v': float(np.random.rand())}
+
+def trained(cbs, n=30):
+    seed_everything(0); m = Toy(); Trainer(m, cbs).fit(n); return m
+
+def test_eval_does_not_change_training():
+    calls = []
+    ev = EvalCB(lambda m: calls.append(1) or noisy_eval(m), every=1)
+    plain, evald = trained([]), trained([ev])
+    assert len(calls) == 30                                      # it did evaluate, every step
+    assert torch.equal(evald.lin.weight, plain.lin.weight) and torch.equal(evald.lin.bias, plain.lin.bias)
+    log_e, log_p = LogCB(), LogCB(); trained([log_e, ev]); trained([log_p])
+    assert [r['loss'] for r in log_e.history] == [r['loss'] for r in log_p.history]
+
+def test_eval_without_fork_would_change_training():
+    "Control: the same evaluation drawn from the training stream does change the weights, so the test above can fail."
+    naive = type('Naive', (Callback,), {'after_step': lambda s, tr: noisy_eval(tr.model)})()
+    assert not torch.equal(trained([naive]).lin.weight, trained([]).lin.weight)
+
+def test_eval_is_deterministic():
+    ev = EvalCB(noisy_eval, every=5, seed=3)
+    m = trained([]); a = ev.evaluate(m); torch.randn(10); random.random()
+    assert ev.evaluate(m) == a and m.training                   # same state, same metrics; mode restored
+    assert EvalCB(noisy_eval, seed=4).evaluate(m) != a
+    e1, e2 = EvalCB(noisy_eval, every=10), EvalCB(noisy_eval, every=10)
+    m1, m2 = trained([e1]), trained([e2])                        # two identical runs report identical metrics
+    assert e1.evaluate(m1) == e2.evaluate(m2)
+    with pytest.raises(ValueError, match='every'): EvalCB(noisy_eval, every=0)
+
+def test_ema_update_formula_and_no_grad():
+    seed_everything(0); net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)); ema = EMA(net, decay=0.5)
+    avg0 = ema.avg[0].weight.clone()
+    with torch.no_grad(): net[0].weight.add_(1.); net[1].running_var.fill_(7.)
+    ema.update(net)                                              # d_0 = min(0.5, 1/10) = 0.1
+    assert torch.allclose(ema.avg[0].weight, 0.1 * avg0 + 0.9 * net[0].weight, atol=1e-6)
+    assert torch.equal(ema.avg[1].running_var, torch.full((4,), 7.))
+    for n in range(1, 30): ema.update(net)
+    assert ema.n_updates.item() == 30                            # d_n reached 0.5: (1 + n) / (10 + n) >= 0.5 from n = 8
+    avg = ema.avg[0].weight.clone()
+    with torch.no_grad(): net[0].weight.mul_(3.)
+    ema.update(net)
+    assert torch.allclose(ema.avg[0].weight, 0.5 * avg + 0.5 * net[0].weight, atol=1e-6)
+    assert not any(p.requires_grad for p in ema.avg.parameters()) and all(p.requires_grad for p in net.parameters())
+    assert not ema.eval()(torch.randn(2, 3)).requires_grad           # calling the EMA calls the average
+
+def test_ema_validation_and_parameterless():
+    for d in (1., -0.1, 1.5, float('nan')):
+        with pytest.raises(ValueError, match='decay'): EMA(nn.Linear(2, 2), decay=d)
+    EMA(nn.Linear(2, 2), decay=0.)
+    with pytest.raises(ValueError, match='parameters and buffers'): EMA(nn.Linear(2, 2)).update(nn.Linear(2, 3, bias=False))
+    idle = EMA(nn.Identity())
+    for _ in range(3): idle.update(nn.Identity())
+    assert idle.n_updates.item() == 3 and list(idle.parameters()) == [] and torch.equal(idle(torch.ones(2)), torch.ones(2))
+
+class WithEMA(Toy):
+    def __init__(self):
+        super().__init__(); self.ema = EMA(self.lin, 0.9)
+    def train_step(self):
+        out = super().train_step(); self.ema.update(self.lin); return out
+
+def test_ema_checkpoints_with_the_model(tmp_path):
+    seed_everything(0); m = WithEMA(); Trainer(m, [CheckpointCB(tmp_path/'c.pt', every=10**6)]).fit(12)
+    assert not torch.equal(m.ema.avg.weight, m.lin.weight)
+    m2 = WithEMA(); assert not torch.equal(m2.ema.avg.weight, m.ema.avg.weight)
+    load_checkpoint(tmp_path/'c.pt', m2)
+    assert torch.equal(m2.ema.avg.weight, m.ema.avg.weight) and m2.ema.n_updates.item() == 12
+    e = EMA(nn.Linear(3, 1)); e.load_state_dict(m.ema.state_dict())
+    assert torch.equal(e.avg.bias, m.ema.avg.bias) and e.n_updates.item() == 12
