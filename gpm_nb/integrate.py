@@ -13,13 +13,17 @@ from .core import check_shape
 # %% auto #0
 __all__ = ['TIME_VARIABLES', 'INTEGRATORS', 'Field', 'FnField', 'as_grid', 'integrate']
 
-# %% ../nbs/05_integrate.ipynb #5b662011
+# %% ../nbs/05_integrate.ipynb #de32a037
 TIME_VARIABLES = ('flow', 'sigma')
 
 class Field(nn.Module):
     "Base of velocity fields `v = f(x, t)`: `x` (n, ...), `t` (n,); `time` names the variable t ('flow' or 'sigma')."
     time = 'flow'
     def forward(self, x:Tensor, t:Tensor) -> Tensor: raise NotImplementedError
+    def fit_step(self, x_data:Tensor, x_particles:Tensor, t:Tensor) -> dict:
+        "Update the estimate from data and particles at times `t`; return the losses. Nothing to learn here."
+        return {}
+    def optimizers(self) -> dict: return {}
 
 # %% ../nbs/05_integrate.ipynb #c956a3f4
 class FnField(Field):
