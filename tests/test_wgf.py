@@ -1,10 +1,10 @@
-"gpm_nb.wgf: particle pushers, KL-flow velocity, Gaussian closed forms (OU process) and kernel scores."
+"gpm_nb.wgf: KL-flow velocity, Gaussian closed forms (OU process) and kernel scores; particles moved by `integrate`."
 import math
 import pytest
 import torch
 from gpm_nb.core import seed_everything
-from gpm_nb.wgf import (flow, langevin, langevin_step, kl_flow_velocity, gaussian_score, ou_mean_cov,
-                        gaussian_kl, kernel_score)
+from gpm_nb.integrate import integrate
+from gpm_nb.wgf import kl_flow_velocity, gaussian_score, ou_mean_cov, gaussian_kl, kernel_score
 
 D64 = dict(dtype=torch.float64)
 M_P, S_P = torch.tensor([0., 0.], **D64), torch.tensor([[1., .8], [.8, .89]], **D64)   # MonoFlow's toy target
@@ -12,6 +12,15 @@ M_0, S_0 = torch.tensor([1., 1.], **D64), torch.eye(2, **D64)
 
 def mean_cov(x): return x.mean(0), torch.cov(x.T)
 def score_p(x, t): return gaussian_score(x, M_P, S_P)
+def steps(eta, K): return eta * torch.arange(K + 1, **D64)             # the grid t_k = k eta
+def flow(v, x0, eta, K, **kw): return integrate(v, x0, steps(eta, K), **kw)                       # Euler, eq. (13)
+def langevin(score, x0, eta, K, **kw):                                                           # Euler-Maruyama, eq. (12)
+    return integrate(score, x0, steps(eta, K), 'euler_maruyama', g=math.sqrt(2), **kw)
+def score_q_exact(x, t):
+    "Score of the analytic q_t (16) at per-sample times t (n,)."
+    tu, i = t.unique(return_inverse=True)
+    m, S = ou_mean_cov(tu, M_P, S_P, M_0, S_0)
+    return gaussian_score(x, m[i], S[i])
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -23,7 +32,7 @@ def test_ou_closed_form_vs_langevin_simulation():
     n, eta, K = 4000, 0.01, 150
     x0 = M_0 + torch.randn(n, 2, **D64)
     store = {}
-    langevin(x0, score_p, eta, K, callback=lambda k, t, x: store.__setitem__(k, mean_cov(x)) if k % 50 == 0 else None)
+    langevin(score_p, x0, eta, K, callback=lambda k, t, x: store.__setitem__(k, mean_cov(x)) if k % 50 == 0 else None)
     assert sorted(store) == [0, 50, 100, 150]
     for k, (m_hat, S_hat) in store.items():
         mt, St = ou_mean_cov(k * eta, M_P, S_P, M_0, S_0)
@@ -45,7 +54,7 @@ def test_probability_flow_with_fitted_gaussian_tracks_ou():
         def cb(k, t, x):
             (m_, S_), (mt, St) = mean_cov(x), ou_mean_cov(t, M_P, S_P, m0, S0)
             errs.append(max((m_ - mt).abs().max().item(), (S_ - St).abs().max().item()))
-        flow(x0, v, eta, round(1 / eta), callback=cb)
+        flow(v, x0, eta, round(1 / eta), callback=cb)
         return max(errs)
     e1, e2 = max_err(0.02), max_err(0.01)
     assert e1 < 0.05 and 1.7 < e1 / e2 < 2.3, (e1, e2)        # first-order Euler convergence
@@ -54,9 +63,8 @@ def test_probability_flow_with_exact_score_matches_langevin_marginals():
     seed_everything(2)
     n, eta, K = 4000, 0.01, 100
     x0 = M_0 + torch.randn(n, 2, **D64)
-    sq = lambda x, t: gaussian_score(x, *ou_mean_cov(t, M_P, S_P, M_0, S_0))
-    x_ode = flow(x0, lambda x, t: kl_flow_velocity(x, score_p, sq, t), eta, K)
-    x_sde = langevin(x0, score_p, eta, K)
+    x_ode = flow(lambda x, t: kl_flow_velocity(x, score_p, score_q_exact, t), x0, eta, K)
+    x_sde = langevin(score_p, x0, eta, K)
     mt, St = ou_mean_cov(K * eta, M_P, S_P, M_0, S_0)
     for x in (x_ode, x_sde):
         m_, S_ = mean_cov(x)
@@ -88,7 +96,7 @@ def test_fitted_kl_monotone_along_deterministic_flow():
     x0 = M_0 + torch.randn(500, 2, **D64)
     kls = []
     v = lambda x, t: kl_flow_velocity(x, score_p, lambda y, s: gaussian_score(y, *mean_cov(y)), t)
-    flow(x0, v, 0.02, 100, callback=lambda k, t, x: kls.append(gaussian_kl(*mean_cov(x), M_P, S_P)))
+    flow(v, x0, 0.02, 100, callback=lambda k, t, x: kls.append(gaussian_kl(*mean_cov(x), M_P, S_P)))
     kls = torch.stack(kls)
     assert len(kls) == 101 and (kls.diff() < 0).all() and kls[-1] < 0.05 * kls[0]
 
@@ -127,56 +135,95 @@ def test_kernel_score_is_stable_far_away_and_keeps_shape_and_dtype():
     xi, yi = torch.randn(3, 1, 2, 2), torch.randn(5, 1, 2, 2)
     assert kernel_score(xi, yi, 1.).shape == (3, 1, 2, 2)
 
-# ---------------------------------------------------------------- pushers
-def test_flow_linear_velocity_callback_and_trajectory():
-    x0 = torch.randn(5, 2)
-    assert torch.allclose(flow(x0, lambda x, t: -x, 0.1, 10), 0.9**10 * x0, atol=1e-6)
+# ---------------------------------------------------------------- fields at per-sample times
+def test_kl_velocity_passes_per_sample_times_to_the_scores():
+    x, t = torch.randn(5, 2, **D64), torch.linspace(0, 1, 5, **D64)
+    sp = lambda x, t: t[:, None] * x                      # a score that depends on each sample's own time
+    sq = lambda x, t: torch.zeros_like(x)
+    assert torch.equal(kl_flow_velocity(x, sp, sq, t), t[:, None] * x)
+    assert torch.equal(kl_flow_velocity(x, sp, sq, 0.5), 0.5 * x)          # one number: every sample
+    assert torch.equal(kl_flow_velocity(x, sp, sq), torch.zeros_like(x))    # default t = 0
     seen = []
-    xK, tr = flow(x0, lambda x, t: torch.full_like(x, t), 0.25, 4, callback=lambda k, t, x: seen.append((k, t)),
-                  t0=1., traj=True)
+    kl_flow_velocity(x.float(), lambda x, t: seen.append(t) or x, sq, 2.)
+    assert seen[0].shape == (5,) and seen[0].dtype == torch.float32
+
+def test_gaussian_score_one_gaussian_per_point():
+    seed_everything(7)
+    x, m = torch.randn(6, 2, **D64), torch.randn(6, 2, **D64)
+    S = S_P + torch.rand(6, 1, 1, **D64) * torch.eye(2, **D64)
+    batched = gaussian_score(x, m, S)
+    rows = torch.cat([gaussian_score(x[i:i+1], m[i], S[i]) for i in range(6)])
+    assert torch.allclose(batched, rows, atol=1e-13)
+
+def test_exact_q_score_at_mixed_times_matches_each_time_alone():
+    x, t = torch.randn(6, 2, **D64), torch.tensor([0., .5, .5, 2., 0., 1.], **D64)
+    got = score_q_exact(x, t)
+    for i in range(6):
+        want = gaussian_score(x[i:i+1], *ou_mean_cov(t[i].item(), M_P, S_P, M_0, S_0))
+        assert torch.allclose(got[i:i+1], want, atol=1e-13)
+
+# ---------------------------------------------------------------- eqs. (12)-(13) through the one integrator
+def test_euler_on_the_flow_grid_is_eq13():
+    x0 = torch.randn(5, 2)
+    assert torch.allclose(flow(lambda x, t: -x, x0, 0.1, 10), 0.9**10 * x0, atol=1e-6)
+    seen = []
+    xK, tr = integrate(lambda x, t: t[:, None].expand_as(x), x0, 1. + steps(0.25, 4),
+                       callback=lambda k, t, x: seen.append((k, t)), traj=True)
     assert seen == [(0, 1.), (1, 1.25), (2, 1.5), (3, 1.75), (4, 2.)]
     assert torch.allclose(xK, x0 + 0.25 * (1 + 1.25 + 1.5 + 1.75))
     assert tr.shape == (5, 5, 2) and torch.equal(tr[0], x0) and torch.equal(tr[-1], xK)
     assert xK.dtype == torch.float32
 
-def test_langevin_noise_and_determinism():
+def test_euler_maruyama_with_g_sqrt2_is_langevin_eq12():
     seed_everything(5)
-    inc = langevin_step(torch.zeros(20000, 2, **D64), lambda x, t: torch.zeros_like(x), 0.05)
-    assert (inc.var(0) - 0.1).abs().max() < 5 * 0.1 * math.sqrt(2 / 20000)
+    inc = langevin(lambda x, t: torch.zeros_like(x), torch.zeros(20000, 2, **D64), 0.05, 1)
+    assert (inc.var(0) - 0.1).abs().max() < 5 * 0.1 * math.sqrt(2 / 20000)     # one step adds N(0, 2 eta I)
     x0 = torch.randn(4, 2)
-    assert torch.allclose(langevin(x0, lambda x, t: -x, 0.1, 5, noise=False), 0.9**5 * x0)
-    seed_everything(6); a = langevin(x0, lambda x, t: -x, 0.1, 5)
-    seed_everything(6); b = langevin(x0, lambda x, t: -x, 0.1, 5)
+    a = langevin(lambda x, t: -x, x0, 0.1, 5, generator=torch.Generator().manual_seed(6))
+    b = langevin(lambda x, t: -x, x0, 0.1, 5, generator=torch.Generator().manual_seed(6))
     assert torch.equal(a, b) and not torch.allclose(a, 0.9**5 * x0)
+
+# ---------------------------------------------------------------- diffusion's probability-flow ODE
+B0, B1 = 0.1, 20.
+def beta(t): return B0 + (B1 - B0) * t
+def alpha(t): return torch.exp(-0.5 * B0 * t - 0.25 * (B1 - B0) * t**2)
+
+def test_vp_probability_flow_ode_follows_the_exact_gaussian_flow_map():
+    "dx/dt = -beta/2 (x + grad log p_t) for p = N(m, S): x_t = m_t + C_t^1/2 C_u^-1/2 (x_u - m_u), C_t = a^2 S + (1 - a^2) I."
+    def score_t(x, t):
+        a = alpha(t)[:, None, None]
+        return gaussian_score(x, a[:, 0] * M_P, a**2 * S_P + (1 - a**2) * torch.eye(2, **D64))
+    lam, U = torch.linalg.eigh(S_P)
+    a1, ae = alpha(torch.tensor(1., **D64)), alpha(torch.tensor(1e-3, **D64))
+    c1, ce = a1**2 * lam + 1 - a1**2, ae**2 * lam + 1 - ae**2
+    seed_everything(8)
+    x1 = torch.randn(500, 2, **D64)
+    exact = ae * M_P + ((x1 - a1 * M_P) @ U * (ce / c1).sqrt()) @ U.T
+    err = {N: (integrate(lambda x, t: -0.5 * beta(t)[:, None] * (x + score_t(x, t)), x1,
+                         torch.linspace(1., 1e-3, N + 1, **D64), 'heun') - exact).abs().max().item() for N in (100, 200)}
+    assert err[200] < 1e-3 and 3.3 < err[100] / err[200] < 4.7, err      # Heun: second order
+    assert (exact - x1).abs().max() > 0.5                                 # the ODE really moved the particles
 
 # ---------------------------------------------------------------- bad input
 X = torch.randn(6, 2)
 V = lambda x, t: -x
 
 @pytest.mark.parametrize('call, err, msg', [
-    (lambda: flow(X, V, 0., 5), ValueError, 'eta must be a positive'),
-    (lambda: flow(X, V, -0.1, 5), ValueError, 'eta must be a positive'),
-    (lambda: flow(X, V, float('nan'), 5), ValueError, 'eta must be a positive'),
-    (lambda: flow(X, V, 0.1, 0), ValueError, 'K must be a positive integer'),
-    (lambda: flow(X, V, 0.1, 1.5), ValueError, 'K must be a positive integer'),
-    (lambda: flow(X, V, 0.1, True), ValueError, 'K must be a positive integer'),
-    (lambda: flow(X, 'v', 0.1, 5), TypeError, 'velocity must be a callable'),
-    (lambda: flow(X, lambda x, t: x[:, 0], 0.1, 5), ValueError, 'velocity(x, t) must have shape (6, 2)'),
-    (lambda: flow(torch.ones(6), V, 0.1, 5), ValueError, 'x0 must have shape'),
-    (lambda: flow([[1., 2.]], V, 0.1, 5), TypeError, 'torch.Tensor'),
-    (lambda: flow(X, V, 0.1, 5, bogus=1), TypeError, 'unexpected keyword'),
-    (lambda: langevin(X, V, 0., 5), ValueError, 'eta must be a positive'),
-    (lambda: langevin(X, V, 0.1, -2), ValueError, 'K must be a positive integer'),
-    (lambda: langevin(X.long(), V, 0.1, 2), TypeError, 'floating-point'),
-    (lambda: langevin_step(X, V, 0.), ValueError, 'eta must be a positive'),
-    (lambda: langevin_step(X, None, 0.1), TypeError, 'score must be a callable'),
+    (lambda: kl_flow_velocity(X, V, V, torch.zeros(5)), ValueError, 't must have shape (6)'),
+    (lambda: kl_flow_velocity(X, V, V, '0.5'), TypeError, 't must be a tensor of per-sample times'),
+    (lambda: kl_flow_velocity(X, V, V, True), TypeError, 't must be a tensor of per-sample times'),
+    (lambda: kl_flow_velocity(torch.ones(6), V, V), ValueError, 'x must have shape'),
+    (lambda: kl_flow_velocity(X.long(), V, V), TypeError, 'floating-point'),
     (lambda: kl_flow_velocity(X, V, lambda x, t: x.sum(1)), ValueError, 'score_q(x, t) must have shape (6, 2)'),
     (lambda: kl_flow_velocity(X, 1, V), TypeError, 'score_p must be a callable'),
     (lambda: gaussian_score(X.double(), M_P, torch.tensor([[1., 2.], [2., 1.]], **D64)), ValueError, 'S must be positive definite'),
     (lambda: gaussian_score(X.double(), M_P, torch.tensor([[1., .5], [0., 1.]], **D64)), ValueError, 'S must be symmetric'),
     (lambda: gaussian_score(X.double(), M_P, torch.eye(3, **D64)), ValueError, 'S must have shape (2, 2)'),
     (lambda: gaussian_score(torch.ones(4, 3, **D64), M_P, S_P), ValueError, 'x must have shape (*, 2)'),
-    (lambda: gaussian_score(X.double(), torch.zeros(2, 2, **D64), S_P), ValueError, 'm must have shape (*)'),
+    (lambda: gaussian_score(X.double(), torch.zeros(2, 2, **D64), S_P), ValueError, 'S must have shape (2, 2, 2)'),
+    (lambda: gaussian_score(X.double(), torch.zeros(5, 2, **D64), S_P.expand(5, 2, 2)), ValueError, 'x must have shape (5, 2)'),
+    (lambda: gaussian_score(X.double(), torch.zeros(1, 6, 2, **D64), S_P.expand(1, 6, 2, 2)), ValueError, 'm must have shape (2,) or (n, 2)'),
+    (lambda: gaussian_score(X.double(), torch.zeros(6, 2, **D64), -S_P.expand(6, 2, 2)), ValueError, 'S must be positive definite'),
     (lambda: ou_mean_cov(-0.5, M_P, S_P, M_0, S_0), ValueError, 't must be a finite time >= 0'),
     (lambda: ou_mean_cov(torch.ones(2, 2), M_P, S_P, M_0, S_0), ValueError, 't must be a finite time >= 0'),
     (lambda: ou_mean_cov(1., M_P, S_P, M_0, -S_0), ValueError, 'S0 must be positive definite'),
