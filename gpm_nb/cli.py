@@ -88,7 +88,7 @@ def plot_samples(x, y, path, title=''):
     ax.set_title(title); ax.legend(loc='upper right')
     fig.savefig(path, bbox_inches='tight'); plt.close(fig)
 
-# %% ../nbs/20_cli.ipynb #e9b1f3a6
+# %% ../nbs/20_cli.ipynb #6afc060c
 class DivergedError(RuntimeError):
     "Training diverged: an evaluation found samples far out of range or far worse than before."
 
@@ -113,6 +113,7 @@ class DivergenceCB(Callback):
                 if tr.last_checkpoint else "no checkpoint was written yet")
         raise DivergedError(f"training diverged at step {tr.step}: {why}; training stopped and {kept}. "
                             "Lower the learning rate, add a gradient penalty (--gp) or train fewer steps.")
+    after_fit = after_step   # the final evaluation too, before the final checkpoint
 
 # %% ../nbs/20_cli.ipynb #b2370f74
 def _check_resume(out:Path, config:dict) -> bool:
@@ -140,7 +141,7 @@ def _finish(out:Path, model, config:dict, data, step:int, secs:float, n:int, fai
     (out/'metrics.json').write_text(json.dumps(metrics, indent=1))
     return metrics
 
-# %% ../nbs/20_cli.ipynb #47cc7659
+# %% ../nbs/20_cli.ipynb #bd42bf63
 def train(method:str='discr_flow', data:str='gaussians5', preset:str='cpu', out:str|Path='runs/discr_flow',
           resume:bool=False, n_samples:int|None=None, quiet:bool=False, device=None, **overrides) -> dict:
     "Train `method` on `data` with `preset` (and config `overrides`) into folder `out`; return the final metrics."
@@ -163,6 +164,7 @@ def train(method:str='discr_flow', data:str='gaussians5', preset:str='cpu', out:
     t0 = time.perf_counter()
     try: tr.fit(run.steps)
     except (DivergedError, NonFiniteLossError) as e:
+        with open(out/'train_log.jsonl', 'a') as f: f.write(json.dumps(dict(step=tr.step, diverged=str(e))) + '\n')
         if tr.last_checkpoint: load_checkpoint(ckpt, model, restore_rng=False)
         (out/'metrics.json').write_text(json.dumps(dict(step=tr.step, diverged=str(e)), indent=1))
         if tr.last_checkpoint: _finish(out, model, config, r['data'], tr.last_checkpoint[1], time.perf_counter() - t0,

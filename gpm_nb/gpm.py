@@ -341,15 +341,15 @@ class GANConfig(DiscriminatorConfig):
         super().__post_init__()
         _check(self, latent=positive, g_width=positive, g_depth=positive, g_lr=(lambda v: v > 0, '> 0'), n_critic=positive)
 
-# %% ../nbs/16_gpm.ipynb #28316253
+# %% ../nbs/16_gpm.ipynb #cca03832
 def _parse(cls, name:str, raw):
     "The value `raw` (a string or a JSON value) converted to the type of field `name` of `cls`."
     typ = typing.get_type_hints(cls)[name]
     if isinstance(raw, str) and typ is not str:
         try: raw = json.loads(raw)
-        except ValueError: raise ValueError(f"config field {name} takes a {typ.__name__}, got {raw!r}") from None
+        except ValueError: raise ValueError(f"config field {name} takes {'an' if typ is int else 'a'} {typ.__name__}, got {raw!r}") from None
     if typ is float and isinstance(raw, int) and not isinstance(raw, bool): raw = float(raw)
-    if type(raw) is not typ: raise ValueError(f"config field {name} takes a {typ.__name__}, got {raw!r}")
+    if type(raw) is not typ: raise ValueError(f"config field {name} takes {'an' if typ is int else 'a'} {typ.__name__}, got {raw!r}")
     return raw
 
 # %% ../nbs/16_gpm.ipynb #5c5a5725
@@ -450,15 +450,15 @@ register(Method('discr_flow', 'time-conditioned discriminator D(x, t)', 'free pa
                 DISCR_FLOW_PRESETS, discr_flow))
 register(Method('gan', 'discriminator D(x)', 'generator', GAN, GANConfig, GAN_PRESETS, gan))
 
-# %% ../nbs/16_gpm.ipynb #e66b2247
+# %% ../nbs/16_gpm.ipynb #636a564a
 def out_of_range(x:Tensor, # samples (n, ...)
                  y:Tensor, # data samples (m, ...)
-                 margin:float=0.5) -> float: # widening of the data's box, as a fraction of its size
-    "Share of the samples `x` outside the bounding box of `y` widened by `margin` times its size on every side."
+                 margin:float=2.) -> float: # how far beyond the data's radius counts as out of range
+    "Share of the samples `x` farther from the data's mean than (1 + margin) times the data's radius (largest distance of `y` from its mean)."
     x, y = x.flatten(1), y.flatten(1)
-    lo, hi = y.min(0).values, y.max(0).values
-    pad = margin * (hi - lo).clamp_min(1e-6)
-    return ((x < lo - pad) | (x > hi + pad)).any(1).float().mean().item()
+    c = y.mean(0)
+    radius = (y - c).norm(dim=1).max().clamp_min(1e-6)
+    return ((x - c).norm(dim=1) > (1 + margin) * radius).float().mean().item()
 
 # %% ../nbs/16_gpm.ipynb #55b0f60b
 def evaluate(x:Tensor, # model samples (n, ...)

@@ -1,82 +1,381 @@
-"Console scripts: the run-folder contract, resume, user arrays, and clear errors with exit status 2."
-import json, os, subprocess
+"Console scripts: the run-folder contract, seeds, resume guards, evaluation apart from training, divergence, user arrays and images, and clear errors with exit status 2."
+import json, os, re, subprocess
+from dataclasses import asdict
 import numpy as np, pytest, torch
-from gpm_nb.cli import train, sample_run, bench
+from gpm_nb.core import seed_everything
+from gpm_nb.data import ArrayData, load_digits
+from gpm_nb.gpm import METHODS, RunConfig, DiscrFlow
+from gpm_nb.train import read_checkpoint, load_checkpoint, NonFiniteLossError
+from gpm_nb.cli import (train, make_run, run_configs, standardize, sample_run, bench, gpm_train, gpm_sample, gpm_bench,
+                        DivergedError, DivergenceCB)
+
+METHOD_NAMES = ['discr_flow', 'gan']
 
 def sh(bin_dir, *args):
+    "Run a console script; its exit status and stdout + stderr."
     r = subprocess.run([str(bin_dir/args[0]), *map(str, args[1:])], capture_output=True, text=True, timeout=600,
-                       env={**os.environ, 'PYTHONWARNINGS': 'ignore'})
+                       env={**os.environ, 'PYTHONWARNINGS': 'ignore', 'OMP_NUM_THREADS': '1'})
     return r.returncode, r.stdout + r.stderr
 
-def test_train_writes_the_run_folder(tmp_path):
-    m = train(preset='quick', steps=15, out=tmp_path/'r', quiet=True, n_samples=300)
-    assert sorted(p.name for p in (tmp_path/'r').iterdir()) == \
+def cli(capsys, fn, *args):
+    "Call a console-script function in-process: its exit status and stdout + stderr. Any other exception propagates."
+    try: fn([str(a) for a in args]); code = 0
+    except SystemExit as e: code = e.code
+    cap = capsys.readouterr()
+    return code, cap.out + cap.err
+
+def weights(run_dir):
+    "The model's state dict in a run folder's checkpoint, loaded the safe way."
+    return torch.load(run_dir/'checkpoint.pt', map_location='cpu', weights_only=True)['model']
+
+def same_state(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+def quick(method='discr_flow', **kw):
+    "Keyword arguments of a small, quiet quick-preset run."
+    return dict(method=method, data='gaussians5', preset='quick', quiet=True, **kw)
+
+# ---------------------------------------------------------------- the run folder
+
+@pytest.mark.parametrize('method', METHOD_NAMES)
+def test_train_writes_the_run_folder(tmp_path, method):
+    out = tmp_path/'r'
+    m = train(**quick(method, steps=15, n_samples=300), out=out)
+    assert sorted(p.name for p in out.iterdir()) == \
         ['checkpoint.pt', 'config.json', 'metrics.json', 'samples.npy', 'samples.png', 'train_log.jsonl']
-    saved = json.loads((tmp_path/'r'/'metrics.json').read_text())
+    saved = json.loads((out/'metrics.json').read_text())
+    assert saved == json.loads(json.dumps(m)) and 'diverged' not in saved
     assert saved['step'] == 15 and saved['n_samples'] == 300
     for k in ('energy', 'sliced_w2', 'mmd'): assert np.isfinite(saved[k]) and np.isfinite(saved[k + '_floor'])
     assert saved['energy_floor'] > 0 and saved['sliced_w2_floor'] > 0   # (the unbiased MMD floor may be < 0)
-    assert 0 <= saved['high_quality'] <= 1 and saved['n_modes'] == 5
-    assert np.load(tmp_path/'r'/'samples.npy').shape == (300, 2)
-    cfg = json.loads((tmp_path/'r'/'config.json').read_text())
-    assert (cfg['method'], cfg['data'], cfg['preset'], cfg['cfg']['steps']) == ('discr_flow', 'gaussians5', 'quick', 15)
+    assert 0 <= saved['high_quality'] <= 1 and saved['n_modes'] == 5 and 0 <= saved['out_of_range'] <= 1
+    s = np.load(out/'samples.npy')
+    assert s.shape == (300, 2) and np.isfinite(s).all()
+    assert (out/'samples.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    cfg = json.loads((out/'config.json').read_text())
+    run, mcfg = METHODS[method].presets['quick']
+    assert (cfg['method'], cfg['data'], cfg['preset'], cfg['shape'], cfg['standardize']) == (method, 'gaussians5', 'quick', [2], None)
+    assert RunConfig(**cfg['run']) == RunConfig(**{**asdict(run), 'steps': 15})
+    assert METHODS[method].config(**cfg['cfg']) == mcfg
+    ck = read_checkpoint(out/'checkpoint.pt')
+    assert ck['step'] == 15 and ck['extra']['config'] == cfg
+    log = [json.loads(l) for l in (out/'train_log.jsonl').read_text().splitlines()]
+    assert log[0]['step'] == 10 and log[-1]['step'] == 15 and 'eval_energy' in log[-1]
 
-def test_resume_continues_and_guards_the_run(tmp_path):
+def test_run_configs_and_overrides():
+    run, cfg = run_configs('gan', 'quick', steps='7', lr=1, seed='4', loss='hinge')
+    assert (run.steps, run.seed, cfg.lr, cfg.loss) == (7, 4, 1.0, 'hinge') and type(cfg.lr) is float
+    assert run_configs('discr_flow', 'gpu') == METHODS['discr_flow'].presets['gpu']
+    with pytest.raises(ValueError, match='quick, cpu, gpu'): run_configs('gan', 'tpu')
+    with pytest.raises(ValueError, match='discr_flow, gan'): run_configs('gan9', 'quick')
+
+# ---------------------------------------------------------------- the issue: seeds, resume, evaluation
+
+@pytest.mark.parametrize('method', METHOD_NAMES)
+def test_seed_sets_the_initial_weights(method):
+    a = make_run(method, 'gaussians5', 'quick', device='cpu', seed=1)
+    torch.manual_seed(1234); torch.rand(100)                            # whatever came before must not matter
+    b = make_run(method, 'gaussians5', 'quick', device='cpu', seed='1')
+    c = make_run(method, 'gaussians5', 'quick', device='cpu', seed=2)
+    sa, sb, sc = (r['model'].state_dict() for r in (a, b, c))
+    assert same_state(sa, sb)
+    assert sa.keys() == sc.keys() and not same_state(sa, sc)
+    assert a['config']['run']['seed'] == 1 and c['config']['run']['seed'] == 2
+
+def test_resume_continues_without_lr_decay(tmp_path):
     out = tmp_path/'r'
-    train(preset='quick', steps=10, out=out, quiet=True)
-    with pytest.raises(ValueError, match='already holds a run'): train(preset='quick', steps=10, out=out, quiet=True)
-    with pytest.raises(ValueError, match='another config'): train(preset='cpu', steps=20, out=out, resume=True, quiet=True)
-    assert train(preset='quick', steps=20, out=out, resume=True, quiet=True)['step'] == 20
+    assert run_configs('discr_flow', 'quick')[0].lr_decay == 0
+    train(**quick(steps=10), out=out)
+    with pytest.raises(ValueError, match='already holds a run'): train(**quick(steps=10), out=out)
+    with pytest.raises(ValueError, match='another config'): train(**{**quick(steps=20), 'preset': 'cpu'}, out=out, resume=True)
+    with pytest.raises(ValueError, match='steps >= 10'): train(**quick(steps=5), out=out, resume=True)
+    assert train(**quick(steps=20), out=out, resume=True)['step'] == 20
+    assert json.loads((out/'config.json').read_text())['run']['steps'] == 20
+    ck = read_checkpoint(out/'checkpoint.pt')
+    assert ck['step'] == 20 and ck['extra']['config']['run']['steps'] == 20
     steps = [json.loads(l)['step'] for l in (out/'train_log.jsonl').read_text().splitlines()]
-    assert steps[:2] == [10, 10] and steps[-1] == 20    # the log continues after the resume
-    with pytest.raises(ValueError, match='no checkpoint'): train(preset='quick', out=tmp_path/'new', resume=True, quiet=True)
+    assert steps[:2] == [10, 10] and steps[-1] == 20                   # the log continues after the resume
+    train(**quick(steps=20), out=tmp_path/'straight')                   # resuming is exact
+    assert same_state(weights(out), weights(tmp_path/'straight'))
+    with pytest.raises(ValueError, match='no checkpoint'): train(**quick(), out=tmp_path/'new', resume=True)
 
-def test_sample_run(tmp_path):
-    train(preset='quick', steps=5, out=tmp_path/'r', quiet=True)
-    assert sample_run(tmp_path/'r', 11).shape == (11, 2)
-    assert sample_run(tmp_path/'r', 11, steps=4).shape == (11, 2)
-    with pytest.raises(ValueError, match='no checkpoint'): sample_run(tmp_path/'none', 3)
-    with pytest.raises(ValueError, match='must be >= 1'): sample_run(tmp_path/'r', 0)
+def test_resume_with_more_steps_under_lr_decay_is_refused(tmp_path):
+    out = tmp_path/'r'
+    train(**quick(steps=10, lr_decay=0.5), out=out)
+    cfg, ck = (out/'config.json').read_bytes(), (out/'checkpoint.pt').read_bytes()
+    with pytest.raises(ValueError, match='schedule') as e: train(**quick(steps=20, lr_decay='0.5'), out=out, resume=True)
+    assert 'steps 10' in str(e.value)
+    assert (out/'config.json').read_bytes() == cfg and (out/'checkpoint.pt').read_bytes() == ck
+    assert train(**quick(steps=10, lr_decay=0.5), out=out, resume=True)['step'] == 10   # the same horizon is fine
 
-@pytest.mark.parametrize('args, names', [(('--method', 'gan9'), 'discr_flow'), (('--data', 'spiral'), 'gaussians5, gaussians8'),
-                                         (('--preset', 'tpu'), 'quick, cpu, gpu')])
-def test_unknown_names_exit_2(bin_dir, tmp_path, args, names):
-    code, out = sh(bin_dir, 'gpm_train', *args, '--out', tmp_path/'x')
+def test_resume_with_another_seed_is_refused(tmp_path):
+    out = tmp_path/'r'
+    train(**quick(steps=5, seed=0), out=out)
+    cfg, ck = (out/'config.json').read_bytes(), (out/'checkpoint.pt').read_bytes()
+    with pytest.raises(ValueError, match='differs in: seed'): train(**quick(steps=10, seed=1), out=out, resume=True)
+    assert (out/'config.json').read_bytes() == cfg and (out/'checkpoint.pt').read_bytes() == ck
+
+@pytest.mark.parametrize('method', METHOD_NAMES)
+def test_periodic_evaluation_does_not_change_training(tmp_path, method):
+    "Six evaluations (and checkpoints) on the way or none: the same weights at the end."
+    train(**quick(method, steps=30, eval_every=5, seed=3), out=tmp_path/'often')
+    train(**quick(method, steps=30, eval_every='1000', seed='3'), out=tmp_path/'never')
+    log = [json.loads(l) for l in (tmp_path/'often'/'train_log.jsonl').read_text().splitlines()]
+    assert [r['step'] for r in log if 'eval_energy' in r] == [5, 10, 15, 20, 25, 30]
+    assert read_checkpoint(tmp_path/'often'/'checkpoint.pt')['step'] == read_checkpoint(tmp_path/'never'/'checkpoint.pt')['step'] == 30
+    assert same_state(weights(tmp_path/'often'), weights(tmp_path/'never'))
+
+# ---------------------------------------------------------------- divergence
+
+def test_divergence_reason():
+    cb = DivergenceCB(floor=0.01)
+    assert '50% of the samples' in cb.reason(dict(out_of_range=0.5, energy=0.1))
+    assert cb.reason(dict(out_of_range=0.05, energy=0.1)) is None and cb.best == 0.1
+    assert cb.reason(dict(out_of_range=0., energy=0.4)) is None            # above 10x best, below 50x floor
+    assert cb.reason(dict(out_of_range=0., energy=0.9)) is None            # above 50x floor, below 10x best
+    assert cb.best == 0.1
+    why = cb.reason(dict(out_of_range=0., energy=1.1))
+    assert 'energy distance rose to 1.1' in why and 'best 0.1' in why
+    cb2 = DivergenceCB(floor=0.01, max_out=0.5)
+    assert cb2.reason(dict(out_of_range=0.4, energy=3.)) is None and cb2.best == 3.
+
+def test_diverged_run_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    "A generator lr of 0.03 blows the GAN up after its first evaluation: the checkpoint of step 5 is kept and sampled."
+    out = tmp_path/'r'
+    with pytest.raises(DivergedError) as e: train(**quick('gan', steps=60, eval_every=5, g_lr='0.03', n_samples=200), out=out)
+    failed = int(re.search(r'diverged at step (\d+)', str(e.value)).group(1))
+    ck = read_checkpoint(out/'checkpoint.pt')
+    assert 5 <= ck['step'] < failed and 'last good checkpoint' in str(e.value)
+    assert all(torch.isfinite(v).all() for v in ck['model'].values() if v.is_floating_point())
+    saved = json.loads((out/'metrics.json').read_text())
+    assert saved['step'] == ck['step'] and saved['diverged'] == str(e.value) and np.isfinite(saved['energy'])
+    s = np.load(out/'samples.npy')
+    assert s.shape == (200, 2) and np.isfinite(s).all()
+    assert (sample_run(out, 10).abs() < 1e3).all()
+    code, msg = cli(capsys, gpm_train, '--method', 'gan', '--preset', 'quick', '--steps', 60, '--eval_every', 5,
+                    '--g_lr', 0.03, '--out', tmp_path/'cli', '--quiet')
+    assert code == 1 and 'diverged at step' in msg and 'Traceback' not in msg, msg
+
+@pytest.mark.parametrize('method', METHOD_NAMES)
+def test_nan_before_any_checkpoint_is_recorded(tmp_path, method):
+    "lr = 1e30 makes the losses NaN within two steps: nothing to keep, but metrics.json says what happened."
+    out = tmp_path/'r'
+    with pytest.raises(NonFiniteLossError, match='no checkpoint was written yet'):
+        train(**quick(method, steps=20, eval_every=5, lr='1e30'), out=out)
+    assert not (out/'checkpoint.pt').exists() and not (out/'samples.npy').exists()
+    saved = json.loads((out/'metrics.json').read_text())
+    assert 'non-finite loss' in saved['diverged'] and saved['step'] <= 2
+
+def test_nan_after_a_checkpoint_restores_it(tmp_path, monkeypatch):
+    "Weights turn NaN at step 8: training stops, and the checkpoint of step 5 is what is kept, sampled and evaluated."
+    orig, calls = DiscrFlow.train_step, []
+    def poisoned(self):
+        out = orig(self); calls.append(1)
+        if len(calls) >= 8:
+            with torch.no_grad():
+                for p in self.field.parameters(): p.fill_(float('nan'))
+            out = {**out, 'd_loss': float('nan')}
+        return out
+    monkeypatch.setattr(DiscrFlow, 'train_step', poisoned)
+    out = tmp_path/'r'
+    with pytest.raises(NonFiniteLossError, match='non-finite loss at step 8') as e:
+        train(**quick(steps=20, eval_every=5, n_samples=100), out=out)
+    assert 'step 5) is kept' in str(e.value)
+    ck = read_checkpoint(out/'checkpoint.pt')
+    assert ck['step'] == 5 and all(torch.isfinite(v).all() for v in ck['model'].values() if v.is_floating_point())
+    saved = json.loads((out/'metrics.json').read_text())
+    assert saved['step'] == 5 and 'non-finite loss at step 8' in saved['diverged'] and np.isfinite(saved['energy'])
+    assert np.isfinite(np.load(out/'samples.npy')).all()
+
+def test_divergence_at_the_final_evaluation_is_caught(tmp_path):
+    out = tmp_path/'r'
+    try: m = train(**quick('gan', steps=10, eval_every=1000, g_lr='0.3', n_samples=200), out=out)
+    except DivergedError: m = None
+    assert m is None, f"the run ended without DivergedError: out_of_range={m['out_of_range']:.2f}, energy={m['energy']:.3g}"
+    assert 'diverged' in json.loads((out/'metrics.json').read_text())
+
+def test_digits_run_with_evaluations_is_not_declared_diverged(tmp_path):
+    m = train(**{**quick('gan', steps=10, eval_every=5, n_samples=50), 'data': 'digits'}, out=tmp_path/'r')
+    assert m['step'] == 10
+
+# ---------------------------------------------------------------- errors on the command line: exit 2, no traceback
+
+@pytest.mark.parametrize('args, names', [
+    (('--method', 'gan9'), 'choose one of discr_flow, gan'),
+    (('--data', 'spiral'), 'choose one of gaussians5, gaussians8'),
+    (('--preset', 'tpu'), 'choose one of quick, cpu, gpu'),
+    (('--loss', 'wgan'), 'choose one of vanilla, ipm, hinge'),
+    (('--method', 'gan', '--loss', 'wgan'), 'choose one of vanilla, ipm, hinge'),
+    (('--Kk', '3'), 'unknown config field Kk: the fields are K, '),
+    (('--method', 'gan', '--K', '3'), 'unknown config field K: the fields are '),
+    (('--K', 'many'), "config field K takes an int, got 'many'"),
+    (('--gp', '-1'), 'config field gp must be >= 0'),
+    (('--lr_decay', '2'), 'config field lr_decay must be in [0, 1]'),
+    (('--steps',), '--steps needs a value'),
+    (('stray',), "unexpected argument 'stray'")])
+def test_bad_arguments_exit_2(capsys, tmp_path, args, names):
+    preset = [] if '--preset' in args else ['--preset', 'quick']
+    code, out = cli(capsys, gpm_train, *preset, '--out', tmp_path/'x', '--quiet', *args)
     assert code == 2 and names in out and 'Traceback' not in out, out
     assert not (tmp_path/'x').exists()
 
-@pytest.mark.parametrize('content, problem', [(b'garbage', 'bad.npy'), (np.zeros((0, 2)), 'empty'),
-                                              (np.array([[0., np.nan], [1., 2.]]), 'NaN'), (np.zeros(5), 'shape')])
-def test_bad_data_files_exit_2_and_name_the_file(bin_dir, tmp_path, content, problem):
+@pytest.mark.parametrize('method, net', [('discr_flow', 'discriminator'), ('gan', 'generator')])
+def test_unsupported_image_size_exits_2(capsys, tmp_path, method, net):
+    np.save(tmp_path/'img16.npy', np.zeros((50, 1, 16, 16), np.float32))
+    code, out = cli(capsys, gpm_train, '--method', method, '--data', tmp_path/'img16.npy', '--preset', 'quick',
+                    '--out', tmp_path/'x', '--quiet')
+    assert code == 2 and f'no {net} for samples of shape (1, 16, 16)' in out and '8, 28, 32' in out, out
+    assert 'Traceback' not in out and not (tmp_path/'x').exists()
+
+@pytest.mark.parametrize('content, problem', [(b'garbage', 'cannot read'), (np.zeros((0, 2)), 'empty'),
+                                              (np.array([[0., np.nan], [1., 2.]]), 'NaN'), (np.zeros(5), 'shape'),
+                                              (np.zeros((4, 8, 8)), 'add a channel axis')])
+def test_bad_data_files_exit_2_and_name_the_file(capsys, tmp_path, content, problem):
     f = tmp_path/'bad.npy'
     if isinstance(content, bytes): f.write_bytes(content)
     else: np.save(f, content)
-    code, out = sh(bin_dir, 'gpm_train', '--data', f, '--out', tmp_path/'x')
+    code, out = cli(capsys, gpm_train, '--data', f, '--preset', 'quick', '--out', tmp_path/'x', '--quiet')
     assert code == 2 and 'bad.npy' in out and problem.lower() in out.lower() and 'Traceback' not in out, out
+    code, out = cli(capsys, gpm_train, '--data', tmp_path/'missing.npy', '--preset', 'quick', '--out', tmp_path/'x')
+    assert code == 2 and 'no such file' in out and 'missing.npy' in out, out
+
+def test_console_scripts_help_and_errors(bin_dir, tmp_path):
+    code, out = sh(bin_dir, 'gpm_train', '--help')
+    assert code == 0, out
+    for s in ['discr_flow', 'gan', 'free particles', 'generator', 'quick, cpu, gpu', 'digits',
+              'K=56', 'eta=20.0', 't_emb=128', 'g_lr=0.0002', 'latent=128', 'n_critic=1', 'steps=4000', 'lr_decay=0.0',
+              'seed=0', 'loss=', 'gp=0.0']:
+        assert s in out, s
+    code, out = sh(bin_dir, 'gpm_train', '--method', 'gan9', '--out', tmp_path/'x')
+    assert code == 2 and 'choose one of discr_flow, gan' in out and 'Traceback' not in out, out
+    code, out = sh(bin_dir, 'gpm_train', '--data', tmp_path/'none.npy', '--out', tmp_path/'x')
+    assert code == 2 and 'none.npy' in out and 'Traceback' not in out, out
+    assert not (tmp_path/'x').exists()
+
+# ---------------------------------------------------------------- user arrays, digits, images
+
+def test_standardize():
+    seed_everything(0)
+    v = standardize(ArrayData(torch.randn(2000, 3) * torch.tensor([1., 10., 100.]) + 5))
+    x = v.sample(4000, 'cpu')
+    torch.testing.assert_close(x.mean(0), torch.zeros(3), atol=0.1, rtol=0)
+    torch.testing.assert_close(x.std(0), torch.ones(3), atol=0.1, rtol=0)
+    im = standardize(ArrayData(torch.rand(50, 1, 8, 8) * 255))
+    y = im.sample(200, 'cpu')
+    assert y.min() >= -1 - 1e-6 and y.max() <= 1 + 1e-6 and y.min() < -0.9 and y.max() > 0.9
 
 def test_user_array_end_to_end(bin_dir, tmp_path):
+    "Standardised for training, mapped back for the samples, through both console scripts."
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(-20, 1, (500, 2)), rng.normal(20, 1, (500, 2))]).astype(np.float32)
     np.save(tmp_path/'two.npy', x)
     code, out = sh(bin_dir, 'gpm_train', '--data', tmp_path/'two.npy', '--preset', 'quick', '--steps', '40',
                    '--out', tmp_path/'r', '--n_samples', '400')
     assert code == 0, out
+    cfg = json.loads((tmp_path/'r'/'config.json').read_text())
+    np.testing.assert_allclose(cfg['standardize']['mean'], x.mean(0), atol=1e-3)
+    np.testing.assert_allclose(cfg['standardize']['scale'], x.std(0, ddof=1), rtol=1e-3)
     s = np.load(tmp_path/'r'/'samples.npy')
     assert s.shape == (400, 2) and 5 < np.abs(s).mean() < 40            # samples at the data's scale
     code, out = sh(bin_dir, 'gpm_sample', tmp_path/'r', '--n', '50', '--out', tmp_path/'s.npy')
-    assert code == 0 and np.load(tmp_path/'s.npy').shape == (50, 2), out
-
-def test_bench_reports_figures():
-    b = bench(preset='quick', iters=2, n_samples=500, device='cpu')
-    assert b['train_it_per_s'] > 0 and b['sample_seconds'] > 0 and b['peak_mem_mb'] > 0 and b['n_samples'] == 500
-
-def test_resume_from_corrupt_checkpoint_is_refused_and_kept(tmp_path):
-    out = tmp_path/'r'; train(preset='quick', steps=5, out=out, quiet=True)
-    (out/'checkpoint.pt').write_bytes(b'\x00' * 64)
-    with pytest.raises(ValueError, match='corrupt or truncated'): train(preset='quick', steps=10, out=out, resume=True, quiet=True)
-    assert (out/'checkpoint.pt').read_bytes() == b'\x00' * 64       # nothing overwritten
+    assert code == 0 and 'wrote (50, 2) samples' in out, out
+    s2 = np.load(tmp_path/'s.npy')
+    assert s2.shape == (50, 2) and 5 < np.abs(s2).mean() < 40
 
 def test_one_dimensional_user_data(tmp_path):
     np.save(tmp_path/'one.npy', np.random.default_rng(0).normal(3, 2, (400, 1)).astype(np.float32))
-    m = train(data=str(tmp_path/'one.npy'), preset='quick', steps=5, out=tmp_path/'r', quiet=True, n_samples=100)
-    assert np.load(tmp_path/'r'/'samples.npy').shape == (100, 1) and 'high_quality' not in m
+    m = train(**{**quick(steps=5, n_samples=100), 'data': str(tmp_path/'one.npy')}, out=tmp_path/'r')
+    s = np.load(tmp_path/'r'/'samples.npy')
+    assert s.shape == (100, 1) and 'high_quality' not in m and -3 < s.mean() < 9
+
+@pytest.mark.parametrize('method', METHOD_NAMES)
+def test_digits(capsys, tmp_path, method):
+    out = tmp_path/'r'
+    code, msg = cli(capsys, gpm_train, '--method', method, '--data', 'digits', '--preset', 'quick', '--steps', 10,
+                    '--out', out, '--n_samples', 64, '--quiet')
+    assert code == 0, msg
+    s = np.load(out/'samples.npy')
+    assert s.shape == (64, 1, 8, 8) and np.isfinite(s).all() and s.std() > 0
+    if method == 'gan': assert s.min() >= -1 and s.max() <= 1           # tanh: inside the data's range [-1, 1]
+    else: assert -1 < s.mean() < 1 and np.abs(s).max() < 10             # on the data's scale after 10 steps
+    assert (out/'samples.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    cfg = json.loads((out/'config.json').read_text())
+    assert cfg['shape'] == [1, 8, 8] and cfg['standardize'] is None and json.loads(msg)['step'] == 10
+
+@pytest.mark.parametrize('method', METHOD_NAMES)
+def test_image_array_in_0_255(capsys, tmp_path, method):
+    "Images in [0, 255] train on [-1, 1] and come back in [0, 255]."
+    x = ((load_digits(device='cpu')[0][:400] + 1) * 127.5).numpy()
+    assert x.min() == 0 and x.max() == 255
+    np.save(tmp_path/'img.npy', x)
+    out = tmp_path/'r'
+    code, msg = cli(capsys, gpm_train, '--method', method, '--data', tmp_path/'img.npy', '--preset', 'quick',
+                    '--steps', 5, '--out', out, '--n_samples', 32, '--quiet')
+    assert code == 0, msg
+    cfg = json.loads((out/'config.json').read_text())
+    assert cfg['standardize'] == dict(mean=127.5, scale=127.5) and cfg['shape'] == [1, 8, 8]
+    s = np.load(out/'samples.npy')
+    assert s.shape == (32, 1, 8, 8) and 0 <= s.mean() <= 255 and s.std() > 1
+    if method == 'gan': assert s.min() >= -1e-3 and s.max() <= 255 + 1e-3
+    t = sample_run(out, 20)
+    assert t.shape == (20, 1, 8, 8) and 0 <= t.mean().item() <= 255
+
+# ---------------------------------------------------------------- sampling a run, benchmarking
+
+@pytest.mark.parametrize('method', METHOD_NAMES)
+def test_sample_run(tmp_path, capsys, method):
+    out = tmp_path/'r'
+    train(**quick(method, steps=5), out=out)
+    assert sample_run(out, 11).shape == (11, 2)
+    for seed in (1, 1, 2):
+        code, msg = cli(capsys, gpm_sample, out, '--n', 30, '--seed', seed, '--out', tmp_path/f's{seed}.npy')
+        assert code == 0 and 'wrote (30, 2) samples' in msg, msg
+        if seed == 1: first = np.load(tmp_path/'s1.npy')
+    assert np.array_equal(first, np.load(tmp_path/'s1.npy')) and not np.array_equal(first, np.load(tmp_path/'s2.npy'))
+    if method == 'discr_flow':
+        assert sample_run(out, 11, steps=4).shape == (11, 2)
+    else:
+        with pytest.raises(ValueError, match='steps'): sample_run(out, 11, steps=4)
+        code, msg = cli(capsys, gpm_sample, out, '--steps', 3, '--out', tmp_path/'x.npy')
+        assert code == 2 and 'steps' in msg and 'Traceback' not in msg, msg
+    with pytest.raises(ValueError, match='must be >= 1'): sample_run(out, 0)
+    with pytest.raises(ValueError, match='no checkpoint'): sample_run(tmp_path/'none', 3)
+    code, msg = cli(capsys, gpm_sample, tmp_path/'none', '--out', tmp_path/'x.npy')
+    assert code == 2 and 'no checkpoint' in msg and 'Traceback' not in msg, msg
+
+@pytest.mark.parametrize('method', METHOD_NAMES)
+def test_checkpoint_round_trip_samples_identically(tmp_path, monkeypatch, method):
+    "sample_run rebuilds the trained model from the run folder: same weights, same samples under the same seed."
+    import gpm_nb.cli as cli_mod
+    out = tmp_path/'r'
+    train(**quick(method, steps=5), out=out)
+    trained = make_run(method, 'gaussians5', 'quick', device='cpu', steps=5)['model']
+    load_checkpoint(out/'checkpoint.pt', trained, restore_rng=False)
+    rebuilt, draw = [], cli_mod.draw
+    monkeypatch.setattr(cli_mod, 'draw', lambda model, *a: rebuilt.append(model) or draw(model, *a))
+    x = sample_run(out, 25, device='cpu')
+    m, = rebuilt
+    assert same_state(m.state_dict(), trained.state_dict()) and same_state(m.state_dict(), weights(out))
+    assert not m.training and x.shape == (25, 2)
+    seed_everything(7); a = trained.eval().sample(25)
+    seed_everything(7); b = m.sample(25)
+    assert torch.equal(a, b)
+
+def test_resume_from_corrupt_checkpoint_is_refused_and_kept(tmp_path):
+    out = tmp_path/'r'; train(**quick(steps=5), out=out)
+    (out/'checkpoint.pt').write_bytes(b'\x00' * 64)
+    with pytest.raises(ValueError, match='corrupt or truncated'): train(**quick(steps=10), out=out, resume=True)
+    assert (out/'checkpoint.pt').read_bytes() == b'\x00' * 64          # nothing overwritten
+
+@pytest.mark.parametrize('method', METHOD_NAMES)
+def test_bench_reports_figures(method):
+    b = bench(method, preset='quick', iters=2, n_samples=500, device='cpu')
+    assert b['method'] == method and b['preset'] == 'quick' and b['device'] == 'cpu'
+    assert b['train_it_per_s'] > 0 and b['peak_mem_mb'] > 0 and b['n_samples'] == 500 and b['threads'] >= 1
+    assert b['sample_seconds'] >= 0 and (method == 'gan' or b['sample_seconds'] > 0)   # a GAN may take < 0.5 ms (rounds to 0)
+
+def test_gpm_bench_cli(capsys):
+    code, out = cli(capsys, gpm_bench, '--method', 'gan', '--preset', 'quick', '--iters', 1, '--n_samples', 10)
+    assert code == 0 and json.loads(out)['n_samples'] == 10, out
+    code, out = cli(capsys, gpm_bench, '--method', 'gan9', '--preset', 'quick')
+    assert code == 2 and 'choose one of discr_flow, gan' in out and 'Traceback' not in out, out
