@@ -141,13 +141,13 @@ def _finish(out:Path, model, config:dict, data, step:int, secs:float, n:int, fai
     (out/'metrics.json').write_text(json.dumps(metrics, indent=1))
     return metrics
 
-# %% ../nbs/20_cli.ipynb #bd42bf63
-def train(method:str='discr_flow', data:str='gaussians5', preset:str='cpu', out:str|Path='runs/discr_flow',
+# %% ../nbs/20_cli.ipynb #b7aea169
+def train(method:str='discr_flow', data:str='gaussians5', preset:str='cpu', out:str|Path|None=None,
           resume:bool=False, n_samples:int|None=None, quiet:bool=False, device=None, **overrides) -> dict:
-    "Train `method` on `data` with `preset` (and config `overrides`) into folder `out`; return the final metrics."
+    "Train `method` on `data` with `preset` (and config `overrides`) into folder `out` (default runs/METHOD_DATA); return the final metrics."
     r = make_run(method, data, preset, device=device, **overrides)
     model, config, run = r['model'], r['config'], r['run']
-    out = Path(out); ckpt = out/'checkpoint.pt'
+    out = Path(out or f"runs/{method}_{Path(data).stem}"); ckpt = out/'checkpoint.pt'
     if ckpt.exists() and not resume:
         raise ValueError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
     if resume and not ckpt.exists(): raise ValueError(f"--resume: no checkpoint in {out}; train first without --resume")
@@ -187,7 +187,7 @@ def _registry_help() -> str:
     for m in METHODS.values(): show(m.name, m.config())
     return '\n'.join(lines)
 
-# %% ../nbs/20_cli.ipynb #3125f3b2
+# %% ../nbs/20_cli.ipynb #8a185f86
 def _parse_overrides(prog:str, rest:list) -> dict:
     "`--name value` (or `--name=value`) pairs -> dict; anything else is an error."
     kw, it = {}, iter(rest)
@@ -207,7 +207,7 @@ def gpm_train(argv:list|None=None):
     ap.add_argument('--method', default='discr_flow', help='a registered method (below)')
     ap.add_argument('--data', default='gaussians5', help='a built-in data set (below) or a .npy/.npz file')
     ap.add_argument('--preset', default='cpu', help=f"{', '.join(PRESETS)}")
-    ap.add_argument('--out', default='runs/discr_flow', help='run folder')
+    ap.add_argument('--out', default=None, help='run folder (default: runs/METHOD_DATA)')
     ap.add_argument('--resume', action='store_true', help='continue the run in --out from its checkpoint')
     ap.add_argument('--n_samples', type=int, default=None, help="samples drawn at the end (default: the run's n_eval)")
     ap.add_argument('--quiet', action='store_true', help='no progress lines')

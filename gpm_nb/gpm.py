@@ -435,16 +435,20 @@ def get_method(name:str) -> Method:
     if name not in METHODS: raise ValueError(f"unknown method {name!r}: choose one of {', '.join(METHODS)}")
     return METHODS[name]
 
-# %% ../nbs/16_gpm.ipynb #852f86a9
+# %% ../nbs/16_gpm.ipynb #993df146
 DISCR_FLOW_PRESETS = {
     'gpu': (RunConfig(), DiscrFlowConfig()),
-    'cpu': (RunConfig(steps=4000, lr_decay=0.5, n_eval=5000), DiscrFlowConfig(K=28, width=256, depth=3)),
-    'quick': (RunConfig(steps=150, eval_every=150, n_eval=500), DiscrFlowConfig(width=64, depth=2, t_emb=32, K=14)),
+    'cpu': (RunConfig(steps=4000, lr_decay=0.5, n_eval=5000),
+            DiscrFlowConfig(K=28, width=256, depth=3, gp=0.1, gp_on='interp', eta=40.)),
+    'quick': (RunConfig(steps=150, eval_every=150, n_eval=500),
+              DiscrFlowConfig(width=64, depth=2, t_emb=32, K=14, gp=0.1, gp_on='interp', eta=40.)),
 }
 GAN_PRESETS = {
     'gpu': (RunConfig(steps=1900), GANConfig()),
-    'cpu': (RunConfig(steps=4000, lr_decay=0.5, n_eval=5000), GANConfig(width=256, depth=3, g_width=256, g_depth=3, latent=32)),
-    'quick': (RunConfig(steps=150, eval_every=150, n_eval=500), GANConfig(width=64, depth=2, g_width=64, g_depth=2, latent=16)),
+    'cpu': (RunConfig(steps=20000, lr_decay=0.5, eval_every=2000, n_eval=5000),
+            GANConfig(width=256, depth=3, g_width=256, g_depth=3, latent=32, gp=0.1, gp_on='interp', ema=0.999)),
+    'quick': (RunConfig(steps=150, eval_every=150, n_eval=500),
+              GANConfig(width=64, depth=2, g_width=64, g_depth=2, latent=16, gp=0.1, gp_on='interp', ema=0.99)),
 }
 register(Method('discr_flow', 'time-conditioned discriminator D(x, t)', 'free particles', DiscrFlow, DiscrFlowConfig,
                 DISCR_FLOW_PRESETS, discr_flow))
