@@ -365,21 +365,22 @@ def override(configs:tuple, # dataclass instances, e.g. (run, cfg)
     return tuple(out)
 
 # %% ../nbs/16_gpm.ipynb #e1f6633c
+def _net_kind(shape:tuple, what:str) -> str:
+    "'vector' or 'image' for samples of `shape`; a `ValueError` says which shapes the networks take."
+    if len(shape) == 1: return 'vector'
+    if len(shape) == 3 and shape[1] == shape[2] and shape[1] in (8, 28, 32): return 'image'
+    raise ValueError(f"no {what} for samples of shape {shape}: the networks take vectors (d,) "
+                     "or square images (c, s, s) with s in 8, 28, 32")
+
 def discriminator_net(shape:tuple, cfg:DiscriminatorConfig, t_emb:int=0) -> nn.Module:
     "A discriminator D(x, t) for samples of `shape`: an MLP for vectors, a conv net for images (t_emb=0: no time)."
-    if len(shape) == 1: return MLP(shape[0], 1, cfg.width, cfg.depth, t_emb, init_std=cfg.init_std)
-    if len(shape) == 3 and shape[1] == shape[2] and shape[1] in (8, 28, 32):
-        return ConvNet(shape[0], shape[1], max(cfg.width // 8, 8), 1, t_emb)
-    raise ValueError(f"no discriminator for samples of shape {shape}: the networks take vectors (d,) "
-                     "or square images (c, s, s) with s in 8, 28, 32")
+    if _net_kind(shape, 'discriminator') == 'vector': return MLP(shape[0], 1, cfg.width, cfg.depth, t_emb, init_std=cfg.init_std)
+    return ConvNet(shape[0], shape[1], max(cfg.width // 8, 8), 1, t_emb)
 
 def generator_net(shape:tuple, cfg:GANConfig) -> nn.Module:
     "A generator z -> x for samples of `shape`: an MLP for vectors, a conv generator for images."
-    if len(shape) == 1: return MLP(cfg.latent, shape[0], cfg.g_width, cfg.g_depth, 0, init_std=cfg.init_std)
-    if len(shape) == 3 and shape[1] == shape[2] and shape[1] in (8, 28, 32):
-        return ConvGenerator(cfg.latent, shape[0], shape[1], max(cfg.g_width // 8, 8))
-    raise ValueError(f"no generator for samples of shape {shape}: the networks take vectors (d,) "
-                     "or square images (c, s, s) with s in 8, 28, 32")
+    if _net_kind(shape, 'generator') == 'vector': return MLP(cfg.latent, shape[0], cfg.g_width, cfg.g_depth, 0, init_std=cfg.init_std)
+    return ConvGenerator(cfg.latent, shape[0], shape[1], max(cfg.g_width // 8, 8))
 
 # %% ../nbs/16_gpm.ipynb #6786bd89
 def _field(shape, cfg:DiscriminatorConfig, t_emb:int, eta:float) -> DiscriminatorField:
