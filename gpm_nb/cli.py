@@ -15,6 +15,8 @@ from .metrics import energy_distance, metric_floor
 from .train import (Trainer, Callback, LogCB, ProgressCB, EvalCB, CheckpointCB, read_checkpoint, load_checkpoint,
                           NonFiniteLossError)
 from .gpm import METHODS, get_method, RunConfig, override, evaluate, schedule_cbs
+from .monoflow import GAN_LOSSES
+from .yardstick import digits_metrics
 
 # %% auto #0
 __all__ = ['Standardized', 'standardize', 'DataShape', 'run_configs', 'make_run', 'draw', 'plot_samples', 'DivergedError',
@@ -135,6 +137,8 @@ def _finish(out:Path, model, config:dict, data, step:int, secs:float, n:int, fai
     "Draw `n` samples, evaluate them, write samples.npy, samples.png and metrics.json; return the metrics."
     x = draw(model, config, n)
     metrics = dict(step=step, train_seconds=round(secs, 1), n_samples=len(x), **evaluate(x, data))
+    if config['data'] == 'digits':   # the digits yardstick of 06_yardstick, on samples clamped to the pixel range like the picture
+        metrics.update(digits_metrics(x.detach().float().clamp(-1, 1).cpu()))
     if failure: metrics['diverged'] = failure
     np.save(out/'samples.npy', x.cpu().numpy())
     plot_samples(x, data.sample(len(x)), out/'samples.png', f"{config['method']} on {config['data']}, {step} steps")
@@ -180,7 +184,8 @@ def _registry_help() -> str:
     "The methods, presets, data sets and config fields, as the help's epilog."
     lines = ['methods:']
     for m in METHODS.values(): lines.append(f"  {m.name:12s} {m.field} x {m.pusher} (recipe {m.recipe.__name__})")
-    lines += [f"presets: {', '.join(PRESETS)}", f"data: {', '.join(DATASETS)}, or a .npy/.npz array (n, d) or (n, c, h, w)", '',
+    lines += [f"presets: {', '.join(PRESETS)}", f"data: {', '.join(DATASETS)}, or a .npy/.npz array (n, d) or (n, c, h, w)",
+              f"losses (--loss, with --shift C for saturating): {', '.join(GAN_LOSSES)}", '',
               'config fields (override any with --name value):']
     def show(title, cfg): lines.append(f"  {title}: " + ', '.join(f"{f.name}={getattr(cfg, f.name)!r}" for f in fields(cfg)))
     show('run', RunConfig())
@@ -253,10 +258,10 @@ def _peak_mem_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 def bench(method:str='discr_flow', data:str='gaussians5', preset:str='gpu', iters:int=50, n_samples:int=10_000,
-          device=None) -> dict:
-    "Time `iters` training iterations and drawing `n_samples`; report peak memory."
+          device=None, **overrides) -> dict:
+    "Time `iters` training iterations and drawing `n_samples` (with config `overrides`); report peak memory."
     device = device or default_device()
-    model = make_run(method, data, preset, device=device)['model']
+    model = make_run(method, data, preset, device=device, **overrides)['model']
     sync = torch.cuda.synchronize if torch.device(device).type == 'cuda' else (lambda: None)
     if torch.device(device).type == 'cuda': torch.cuda.reset_peak_memory_stats(device)
     model.train_step(); sync()                               # warm-up
@@ -264,7 +269,7 @@ def bench(method:str='discr_flow', data:str='gaussians5', preset:str='gpu', iter
     for _ in range(iters): model.train_step()
     sync(); its = iters / (time.perf_counter() - t0)
     t0 = time.perf_counter(); x = model.sample(n_samples); sync(); t_sample = time.perf_counter() - t0
-    return dict(method=method, preset=preset, device=str(device), threads=torch.get_num_threads(),
+    return dict(method=method, preset=preset, **overrides, device=str(device), threads=torch.get_num_threads(),
                 train_it_per_s=round(its, 3), sample_seconds=round(t_sample, 3), n_samples=len(x),
                 peak_mem_mb=round(_peak_mem_mb(device), 1))
 
@@ -275,6 +280,7 @@ def gpm_bench(argv:list|None=None):
     ap.add_argument('--method', default='discr_flow'); ap.add_argument('--data', default='gaussians5')
     ap.add_argument('--preset', default='gpu', help='gpu = the paper\'s official config')
     ap.add_argument('--iters', type=int, default=50); ap.add_argument('--n_samples', type=int, default=10_000)
-    a = ap.parse_args(argv)
-    try: print(json.dumps(bench(a.method, a.data, a.preset, a.iters, a.n_samples), indent=1))
+    a, rest = ap.parse_known_args(argv)
+    kw = _parse_overrides('gpm_bench', rest)
+    try: print(json.dumps(bench(a.method, a.data, a.preset, a.iters, a.n_samples, **kw), indent=1))
     except ValueError as e: _fail('gpm_bench', str(e))

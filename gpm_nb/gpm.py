@@ -16,33 +16,13 @@ from .nets import MLP, ConvNet, ConvGenerator
 from .integrate import Field, FnField, integrate, as_grid
 from .metrics import energy_distance, sliced_w2, mmd, metric_floor, mode_stats
 from .train import Callback, LinearDecayCB, EMA
+from .monoflow import GAN_LOSSES, gan_loss
 
 # %% auto #0
-__all__ = ['GAN_LOSSES', 'GP_ON', 'positive', 'nonneg', 'METHODS', 'DISCR_FLOW_PRESETS', 'GAN_PRESETS', 'GANLoss', 'gan_loss',
-           'DiscriminatorField', 'GaussianPrior', 'FreeParticles', 'push_loss', 'Generator', 'Recipe', 'DiscrFlow',
-           'GAN', 'RunConfig', 'DiscriminatorConfig', 'DiscrFlowConfig', 'GANConfig', 'override', 'discriminator_net',
-           'generator_net', 'discr_flow', 'gan', 'schedule_cbs', 'Method', 'register', 'get_method', 'out_of_range',
-           'evaluate']
-
-# %% ../nbs/16_gpm.ipynb #2f45fe7f
-@dataclass(frozen=True)
-class GANLoss:
-    "A GAN loss: per-sample discriminator losses on real and fake logits, and the generator loss l_gen(d)."
-    name: str
-    d_real: Callable[[Tensor], Tensor]
-    d_fake: Callable[[Tensor], Tensor]
-    gen: Callable[[Tensor], Tensor]
-
-# %% ../nbs/16_gpm.ipynb #c38f2e24
-GAN_LOSSES = {l.name: l for l in [
-    GANLoss('vanilla', d_real=lambda d: F.softplus(-d), d_fake=F.softplus, gen=lambda d: F.softplus(-d)),
-    GANLoss('ipm', d_real=lambda d: -d, d_fake=lambda d: d, gen=lambda d: -d),
-    GANLoss('hinge', d_real=lambda d: F.relu(1 - d), d_fake=lambda d: F.relu(1 + d), gen=lambda d: -d)]}
-
-def gan_loss(name:str) -> GANLoss:
-    "The GAN loss called `name`; a `ValueError` lists the valid names."
-    if name not in GAN_LOSSES: raise ValueError(f"unknown GAN loss {name!r}: choose one of {', '.join(GAN_LOSSES)}")
-    return GAN_LOSSES[name]
+__all__ = ['GP_ON', 'positive', 'nonneg', 'METHODS', 'DISCR_FLOW_PRESETS', 'GAN_PRESETS', 'DiscriminatorField', 'GaussianPrior',
+           'FreeParticles', 'push_loss', 'Generator', 'Recipe', 'DiscrFlow', 'GAN', 'RunConfig', 'DiscriminatorConfig',
+           'DiscrFlowConfig', 'GANConfig', 'override', 'discriminator_net', 'generator_net', 'discr_flow', 'gan',
+           'schedule_cbs', 'Method', 'register', 'get_method', 'out_of_range', 'evaluate']
 
 # %% ../nbs/16_gpm.ipynb #d58e02cd
 GP_ON = ('interp', 'real', 'fake')
@@ -52,6 +32,7 @@ class DiscriminatorField(Field):
     time = 'flow'
     def __init__(self, net:nn.Module, # D(x, t) -> logits (n,)
                  loss:str='vanilla', # GAN loss name, see `GAN_LOSSES`
+                 shift:float=0., # the shift C of the saturating loss (0 for the others)
                  lr:float=2e-4, betas:tuple=(0.5, 0.999), # Adam
                  gp:float=0., # gradient-penalty weight lambda (>= 0)
                  gp_center:float=0., # penalty lambda (||grad D(x_hat)|| - c)^2 ...
@@ -60,7 +41,7 @@ class DiscriminatorField(Field):
         super().__init__()
         if not gp >= 0: raise ValueError(f"the gradient-penalty weight gp must be >= 0, got {gp}")
         if gp_on not in GP_ON: raise ValueError(f"unknown penalty point gp_on={gp_on!r}: choose one of {', '.join(GP_ON)}")
-        self.net, self.loss, self.gp, self.gp_center, self.gp_on, self.eta = net, gan_loss(loss), gp, gp_center, gp_on, eta
+        self.net, self.loss, self.gp, self.gp_center, self.gp_on, self.eta = net, gan_loss(loss, shift), gp, gp_center, gp_on, eta
         self.opt = torch.optim.Adam(self.net.parameters(), lr=lr, betas=betas)
     def optimizers(self): return {'field': self.opt}
     def forward(self, x:Tensor, t:Tensor) -> Tensor:
@@ -300,7 +281,8 @@ class RunConfig:
 @dataclass(frozen=True)
 class DiscriminatorConfig:
     "Hyperparameters of a discriminator field (GPM's official 5-Gaussians values by default)."
-    loss: str = 'vanilla'      # GAN loss: vanilla, ipm or hinge
+    loss: str = 'vanilla'      # GAN loss: vanilla, logit, arcsinh, saturating, hinge or ipm
+    shift: float = 0.          # shift C of the saturating loss (0 for the others)
     width: int = 512           # discriminator MLP width
     depth: int = 4             # discriminator MLP hidden layers
     init_std: float = 0.02     # N(0, init_std^2) weights
@@ -312,7 +294,7 @@ class DiscriminatorConfig:
     gp_on: str = 'interp'      # penalty points: interp, real or fake
     ema: float = 0.            # decay of the weight average used to sample (0: none)
     def __post_init__(self):
-        gan_loss(self.loss)
+        gan_loss(self.loss, self.shift)
         if self.gp_on not in GP_ON: raise ValueError(f"config field gp_on must be one of {', '.join(GP_ON)}, got {self.gp_on!r}")
         _check(self, width=positive, depth=positive, init_std=(lambda v: v > 0, '> 0'), lr=(lambda v: v > 0, '> 0'),
                beta1=(lambda v: 0 <= v < 1, 'in [0, 1)'), beta2=(lambda v: 0 <= v < 1, 'in [0, 1)'), gp=nonneg,
@@ -384,7 +366,7 @@ def generator_net(shape:tuple, cfg:GANConfig) -> nn.Module:
 
 # %% ../nbs/16_gpm.ipynb #6786bd89
 def _field(shape, cfg:DiscriminatorConfig, t_emb:int, eta:float) -> DiscriminatorField:
-    return DiscriminatorField(discriminator_net(shape, cfg, t_emb), cfg.loss, cfg.lr, (cfg.beta1, cfg.beta2),
+    return DiscriminatorField(discriminator_net(shape, cfg, t_emb), cfg.loss, cfg.shift, cfg.lr, (cfg.beta1, cfg.beta2),
                               cfg.gp, cfg.gp_center, cfg.gp_on, eta)
 
 def discr_flow(data, # has `sample(n, device)`

@@ -204,8 +204,8 @@ def test_digits_run_with_evaluations_is_not_declared_diverged(tmp_path):
     (('--method', 'gan9'), 'choose one of discr_flow, gan'),
     (('--data', 'spiral'), 'choose one of gaussians5, gaussians8'),
     (('--preset', 'tpu'), 'choose one of quick, cpu, gpu'),
-    (('--loss', 'wgan'), 'choose one of vanilla, ipm, hinge'),
-    (('--method', 'gan', '--loss', 'wgan'), 'choose one of vanilla, ipm, hinge'),
+    (('--loss', 'wgan'), 'choose one of vanilla, logit, arcsinh, saturating, hinge, ipm'),
+    (('--method', 'gan', '--loss', 'wgan'), 'choose one of vanilla, logit, arcsinh, saturating, hinge, ipm'),
     (('--Kk', '3'), 'unknown config field Kk: the fields are K, '),
     (('--method', 'gan', '--K', '3'), 'unknown config field K: the fields are '),
     (('--K', 'many'), "config field K takes an int, got 'many'"),
@@ -301,6 +301,9 @@ def test_digits(capsys, tmp_path, method):
     assert (out/'samples.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     cfg = json.loads((out/'config.json').read_text())
     assert cfg['shape'] == [1, 8, 8] and cfg['standardize'] is None and json.loads(msg)['step'] == 10
+    m = json.loads((out/'metrics.json').read_text())                    # the digits yardstick, beside its floors
+    assert m['fd'] > m['fd_floor'] > 0 and 0 <= m['precision'] <= 1 and 0 < m['recall_floor'] <= 1
+    assert 1 <= m['classes_covered'] <= 10 and len(m['class_hist']) == 10 and abs(sum(m['class_hist']) - 1) < 1e-6
 
 @pytest.mark.parametrize('method', METHOD_NAMES)
 def test_image_array_in_0_255(capsys, tmp_path, method):

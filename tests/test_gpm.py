@@ -106,8 +106,8 @@ def test_configs_are_frozen(cls):
     (lambda: DiscrFlowConfig(eta=-1.), 'config field eta must be > 0'),
     (lambda: DiscrFlowConfig(t_emb=3), 'config field t_emb must be even'),
     (lambda: DiscriminatorConfig(gp=-1.), 'config field gp must be >= 0, got -1.0'),
-    (lambda: DiscrFlowConfig(loss='wgan'), "unknown GAN loss 'wgan': choose one of vanilla, ipm, hinge"),
-    (lambda: GANConfig(loss='wgan'), "unknown GAN loss 'wgan': choose one of vanilla, ipm, hinge"),
+    (lambda: DiscrFlowConfig(loss='wgan'), "unknown GAN loss 'wgan': choose one of vanilla, logit, arcsinh, saturating, hinge, ipm"),
+    (lambda: GANConfig(loss='wgan'), "unknown GAN loss 'wgan': choose one of vanilla, logit, arcsinh, saturating, hinge, ipm"),
     (lambda: DiscrFlowConfig(gp_on='everywhere'), 'gp_on must be one of interp, real, fake'),
     (lambda: DiscrFlowConfig(width=0), 'config field width must be >= 1'),
     (lambda: DiscrFlowConfig(ema=1.), r'config field ema must be in \[0, 1\)'),
@@ -387,7 +387,7 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match='n must be >= 1'): m.sample(0)
     with pytest.raises(ValueError, match='same shape'): m.field.fit_step(torch.zeros(4, 2), torch.zeros(5, 2), torch.zeros(4))
     with pytest.raises(ValueError, match=r'shape \(\*, 2\)'): m.field(torch.zeros(4, 3), torch.zeros(4))
-    with pytest.raises(ValueError, match='vanilla, ipm, hinge'): gan_loss('nope')
+    with pytest.raises(ValueError, match='vanilla, logit, arcsinh, saturating, hinge, ipm'): gan_loss('nope')
     with pytest.raises(ValueError, match='gp must be >= 0'): DiscriminatorField(SmallD(), gp=-1.)
     with pytest.raises(ValueError, match='interp, real, fake'): DiscriminatorField(SmallD(), gp_on='mid')
     with pytest.raises(ValueError, match='std must be > 0'): GaussianPrior((2,), std=0.)
