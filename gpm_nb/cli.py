@@ -9,7 +9,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 import numpy as np
 import torch
-from .core import default_device, seed_everything, check_preset, fork_rng, PRESETS, import_torchvision
+from .core import default_device, seed_everything, fork_rng, PRESETS, import_torchvision
 from .data import DATASETS, get_dataset
 from .metrics import energy_distance, metric_floor
 from .train import (Trainer, Callback, LogCB, ProgressCB, EvalCB, CheckpointCB, read_checkpoint, load_checkpoint,
@@ -19,8 +19,8 @@ from .monoflow import GAN_LOSSES
 from .yardstick import digits_metrics
 
 # %% auto #0
-__all__ = ['Standardized', 'standardize', 'DataShape', 'run_configs', 'make_run', 'draw', 'plot_samples', 'DivergedError',
-           'DivergenceCB', 'train', 'gpm_train', 'sample_run', 'gpm_sample', 'bench', 'gpm_bench']
+__all__ = ['Standardized', 'standardize', 'DataShape', 'preset_names', 'run_configs', 'make_run', 'draw', 'plot_samples',
+           'DivergedError', 'DivergenceCB', 'train', 'gpm_train', 'sample_run', 'gpm_sample', 'bench', 'gpm_bench']
 
 # %% ../nbs/20_cli.ipynb #aa63d969
 class Standardized:
@@ -45,9 +45,15 @@ class DataShape:
     def sample(self, n:int, device=None): return torch.zeros(n, *self.shape, device=device)
 
 # %% ../nbs/20_cli.ipynb #3f62ddf1
+def preset_names(method:str) -> list[str]:
+    "The presets of `method`: the common ones (quick, cpu, gpu) first, then its own."
+    m = get_method(method)
+    return [p for p in PRESETS if p in m.presets] + [p for p in m.presets if p not in PRESETS]
+
 def run_configs(method:str, preset:str, **overrides) -> tuple:
     "(RunConfig, method config) of `preset` with `overrides` (field name -> value) applied."
-    m = get_method(method); check_preset(preset)
+    m = get_method(method)
+    if preset not in m.presets: raise ValueError(f"unknown preset {preset!r} for {method}: choose one of {', '.join(preset_names(method))}")
     return override(m.presets[preset], **overrides)
 
 def make_run(method:str, data:str, preset:str, device=None, **overrides) -> dict:
@@ -123,7 +129,9 @@ def _check_resume(out:Path, config:dict) -> bool:
     old = json.loads((out/'config.json').read_text())
     flat = lambda c: {**{k: c.get(k) for k in ('method', 'data', 'preset')}, **c['run'], **c['cfg']}
     a, b = flat(old), flat(config)
-    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k != 'steps')
+    defaults = {f.name: f.default for c in (RunConfig, get_method(config['method']).config) for f in fields(c)}
+    added = lambda k: k not in a and b.get(k) == defaults.get(k)    # a field added since the run was made, at its default
+    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k != 'steps' and not added(k))
     if diff: raise ValueError(f"{out} holds a run with another config (differs in: {', '.join(diff)}: "
                               f"{', '.join(f'{k}={a.get(k)!r}' for k in diff)}); resume with the same settings, or choose another --out")
     if b['steps'] < a['steps']: raise ValueError(f"{out} is a run of {a['steps']} steps: resume with --steps >= {a['steps']}")
@@ -183,8 +191,9 @@ def _fail(prog:str, msg:str, status:int=2):
 def _registry_help() -> str:
     "The methods, presets, data sets and config fields, as the help's epilog."
     lines = ['methods:']
-    for m in METHODS.values(): lines.append(f"  {m.name:12s} {m.field} x {m.pusher} (recipe {m.recipe.__name__})")
-    lines += [f"presets: {', '.join(PRESETS)}", f"data: {', '.join(DATASETS)}, or a .npy/.npz array (n, d) or (n, c, h, w)",
+    for m in METHODS.values():
+        lines.append(f"  {m.name:12s} {m.field} x {m.pusher} (recipe {m.recipe.__name__}; presets {', '.join(preset_names(m.name))})")
+    lines += [f"presets: {', '.join(PRESETS)} for every method (GPM_PRESET picks a notebook's), and the method's own above", f"data: {', '.join(DATASETS)}, or a .npy/.npz array (n, d) or (n, c, h, w)",
               f"losses (--loss, with --shift C for saturating): {', '.join(GAN_LOSSES)}", '',
               'config fields (override any with --name value):']
     def show(title, cfg): lines.append(f"  {title}: " + ', '.join(f"{f.name}={getattr(cfg, f.name)!r}" for f in fields(cfg)))
@@ -211,7 +220,7 @@ def gpm_train(argv:list|None=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--method', default='discr_flow', help='a registered method (below)')
     ap.add_argument('--data', default='gaussians5', help='a built-in data set (below) or a .npy/.npz file')
-    ap.add_argument('--preset', default='cpu', help=f"{', '.join(PRESETS)}")
+    ap.add_argument('--preset', default='cpu', help=f"{', '.join(PRESETS)}, or one of the method's own (below)")
     ap.add_argument('--out', default=None, help='run folder (default: runs/METHOD_DATA)')
     ap.add_argument('--resume', action='store_true', help='continue the run in --out from its checkpoint')
     ap.add_argument('--n_samples', type=int, default=None, help="samples drawn at the end (default: the run's n_eval)")

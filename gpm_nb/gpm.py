@@ -425,6 +425,8 @@ DISCR_FLOW_PRESETS = {
             DiscrFlowConfig(K=28, width=256, depth=3, gp=0.1, gp_on='interp', eta=40.)),
     'quick': (RunConfig(steps=150, eval_every=150, n_eval=500),
               DiscrFlowConfig(width=64, depth=2, t_emb=32, K=14, gp=0.1, gp_on='interp', eta=40.)),
+    'mnist': (RunConfig(steps=200_000, eval_every=10_000, n_eval=10_000),
+              DiscrFlowConfig(loss='ipm', K=64, eta=2., gp=0.04, gp_center=0., gp_on='interp')),
 }
 GAN_PRESETS = {
     'gpu': (RunConfig(steps=1900), GANConfig()),

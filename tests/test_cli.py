@@ -115,6 +115,14 @@ def test_resume_with_another_seed_is_refused(tmp_path):
     with pytest.raises(ValueError, match='differs in: seed'): train(**quick(steps=10, seed=1), out=out, resume=True)
     assert (out/'config.json').read_bytes() == cfg and (out/'checkpoint.pt').read_bytes() == ck
 
+def test_resume_a_run_made_before_a_config_field_was_added(tmp_path):
+    "A config.json without a field added since (here the loss shift) resumes when the field is at its default, not otherwise."
+    out = tmp_path/'r'
+    train(**quick(steps=5), out=out)
+    c = json.loads((out/'config.json').read_text()); del c['cfg']['shift']; (out/'config.json').write_text(json.dumps(c))
+    assert train(**quick(steps=10), out=out, resume=True)['step'] == 10
+    with pytest.raises(ValueError, match='differs in: loss, shift'): train(**quick(steps=10, loss='saturating', shift=5), out=out, resume=True)
+
 @pytest.mark.parametrize('method', METHOD_NAMES)
 def test_periodic_evaluation_does_not_change_training(tmp_path, method):
     "Six evaluations (and checkpoints) on the way or none: the same weights at the end."
@@ -382,3 +390,11 @@ def test_gpm_bench_cli(capsys):
     assert code == 0 and json.loads(out)['n_samples'] == 10, out
     code, out = cli(capsys, gpm_bench, '--method', 'gan9', '--preset', 'quick')
     assert code == 2 and 'choose one of discr_flow, gan' in out and 'Traceback' not in out, out
+
+def test_method_specific_presets():
+    "A method may have presets of its own (Discriminator Flow's GPM image config); others refuse them by name."
+    from gpm_nb.cli import preset_names
+    assert preset_names('discr_flow')[:3] == ['quick', 'cpu', 'gpu'] and 'mnist' in preset_names('discr_flow')
+    run, cfg = run_configs('discr_flow', 'mnist')
+    assert (cfg.loss, cfg.K, cfg.eta, cfg.gp, cfg.gp_center, run.steps) == ('ipm', 64, 2., 0.04, 0., 200_000)
+    with pytest.raises(ValueError, match="unknown preset 'mnist' for gan: choose one of quick, cpu, gpu"): run_configs('gan', 'mnist')
