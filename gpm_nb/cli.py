@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from .core import default_device, seed_everything, fork_rng, PRESETS, import_torchvision
-from .data import DATASETS, get_dataset
+from .data import DATASETS, get_dataset, dataset_names
 from .metrics import energy_distance, metric_floor
 from .train import (Trainer, Callback, LogCB, ProgressCB, EvalCB, CheckpointCB, read_checkpoint, load_checkpoint,
                           NonFiniteLossError)
@@ -56,14 +56,14 @@ def run_configs(method:str, preset:str, **overrides) -> tuple:
     if preset not in m.presets: raise ValueError(f"unknown preset {preset!r} for {method}: choose one of {', '.join(preset_names(method))}")
     return override(m.presets[preset], **overrides)
 
-def make_run(method:str, data:str, preset:str, device=None, **overrides) -> dict:
+def make_run(method:str, data:str, preset:str, device=None, image_size:int|None=None, **overrides) -> dict:
     "Validate every choice, seed, build the model; return dict(config, model, data, std, run, cfg)."
     run, cfg = run_configs(method, preset, **overrides)
-    ds = get_dataset(data)
-    std = standardize(ds) if data not in DATASETS else None
+    ds = get_dataset(data, image_size=image_size)
+    std = standardize(ds) if data not in dataset_names() else None   # built-in data come in their own scale
     seed_everything(run.seed)
     model = get_method(method).build(std or ds, cfg, run, device=device)
-    config = dict(method=method, data=data, preset=preset, shape=list(model.shape), run=asdict(run), cfg=asdict(cfg),
+    config = dict(method=method, data=data, image_size=image_size, preset=preset, shape=list(model.shape), run=asdict(run), cfg=asdict(cfg),
                   standardize=None if std is None else dict(mean=std.mean.tolist(), scale=std.scale.tolist()))
     return dict(config=config, model=model, data=ds, std=std, run=run, cfg=cfg)
 
@@ -120,14 +120,15 @@ class DivergenceCB(Callback):
         kept = (f"the last good checkpoint ({tr.last_checkpoint[0]}, step {tr.last_checkpoint[1]}) is kept"
                 if tr.last_checkpoint else "no checkpoint was written yet")
         raise DivergedError(f"training diverged at step {tr.step}: {why}; training stopped and {kept}. "
-                            "Lower the learning rate, add a gradient penalty (--gp) or train fewer steps.")
+                            "Lower the learning rate or, for Discriminator Flow, the step scale (--eta); add a gradient penalty (--gp); "
+                            "or train fewer steps.")
     after_fit = after_step   # the final evaluation too, before the final checkpoint
 
 # %% ../nbs/20_cli.ipynb #b2370f74
 def _check_resume(out:Path, config:dict) -> bool:
     "Refuse to resume a run whose config.json differs from `config`; return whether the number of steps grows."
     old = json.loads((out/'config.json').read_text())
-    flat = lambda c: {**{k: c.get(k) for k in ('method', 'data', 'preset')}, **c['run'], **c['cfg']}
+    flat = lambda c: {**{k: c.get(k) for k in ('method', 'data', 'image_size', 'preset')}, **c['run'], **c['cfg']}
     a, b = flat(old), flat(config)
     defaults = {f.name: f.default for c in (RunConfig, get_method(config['method']).config) for f in fields(c)}
     added = lambda k: k not in a and b.get(k) == defaults.get(k)    # a field added since the run was made, at its default
@@ -155,9 +156,9 @@ def _finish(out:Path, model, config:dict, data, step:int, secs:float, n:int, fai
 
 # %% ../nbs/20_cli.ipynb #b7aea169
 def train(method:str='discr_flow', data:str='gaussians5', preset:str='cpu', out:str|Path|None=None,
-          resume:bool=False, n_samples:int|None=None, quiet:bool=False, device=None, **overrides) -> dict:
+          resume:bool=False, n_samples:int|None=None, quiet:bool=False, device=None, image_size:int|None=None, **overrides) -> dict:
     "Train `method` on `data` with `preset` (and config `overrides`) into folder `out` (default runs/METHOD_DATA); return the final metrics."
-    r = make_run(method, data, preset, device=device, **overrides)
+    r = make_run(method, data, preset, device=device, image_size=image_size, **overrides)
     model, config, run = r['model'], r['config'], r['run']
     out = Path(out or f"runs/{method}_{Path(data).stem}"); ckpt = out/'checkpoint.pt'
     if ckpt.exists() and not resume:
@@ -193,7 +194,8 @@ def _registry_help() -> str:
     lines = ['methods:']
     for m in METHODS.values():
         lines.append(f"  {m.name:12s} {m.field} x {m.pusher} (recipe {m.recipe.__name__}; presets {', '.join(preset_names(m.name))})")
-    lines += [f"presets: {', '.join(PRESETS)} for every method (GPM_PRESET picks a notebook's), and the method's own above", f"data: {', '.join(DATASETS)}, or a .npy/.npz array (n, d) or (n, c, h, w)",
+    lines += [f"presets: {', '.join(PRESETS)} for every method (GPM_PRESET picks a notebook's), and the method's own above", f"data: {', '.join(dataset_names())} (real image sets: files under $GPM_DATA, nothing downloads),",
+              "      a .npy/.npz array (n, d) or (n, c, h, w), or a folder of PNG/JPEG images (--image_size S resizes)",
               f"losses (--loss, with --shift C for saturating): {', '.join(GAN_LOSSES)}", '',
               'config fields (override any with --name value):']
     def show(title, cfg): lines.append(f"  {title}: " + ', '.join(f"{f.name}={getattr(cfg, f.name)!r}" for f in fields(cfg)))
@@ -219,15 +221,16 @@ def gpm_train(argv:list|None=None):
     ap = argparse.ArgumentParser('gpm_train', description=gpm_train.__doc__, epilog=_registry_help(),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--method', default='discr_flow', help='a registered method (below)')
-    ap.add_argument('--data', default='gaussians5', help='a built-in data set (below) or a .npy/.npz file')
+    ap.add_argument('--data', default='gaussians5', help='a built-in data set (below), a .npy/.npz file or a folder of images')
     ap.add_argument('--preset', default='cpu', help=f"{', '.join(PRESETS)}, or one of the method's own (below)")
     ap.add_argument('--out', default=None, help='run folder (default: runs/METHOD_DATA)')
     ap.add_argument('--resume', action='store_true', help='continue the run in --out from its checkpoint')
     ap.add_argument('--n_samples', type=int, default=None, help="samples drawn at the end (default: the run's n_eval)")
     ap.add_argument('--quiet', action='store_true', help='no progress lines')
+    ap.add_argument('--image_size', type=int, default=None, help='resize the images of a folder --data to this side (px)')
     a, rest = ap.parse_known_args(argv)
     kw = _parse_overrides('gpm_train', rest)
-    try: m = train(a.method, a.data, a.preset, a.out, a.resume, a.n_samples, a.quiet, **kw)
+    try: m = train(a.method, a.data, a.preset, a.out, a.resume, a.n_samples, a.quiet, image_size=a.image_size, **kw)
     except (ValueError, FileNotFoundError) as e: _fail('gpm_train', str(e))
     except (NonFiniteLossError, DivergedError) as e: _fail('gpm_train', str(e), 1)
     print(json.dumps({k: v for k, v in m.items() if not isinstance(v, list)}, indent=1))

@@ -350,9 +350,9 @@ def override(configs:tuple, # dataclass instances, e.g. (run, cfg)
 def _net_kind(shape:tuple, what:str) -> str:
     "'vector' or 'image' for samples of `shape`; a `ValueError` says which shapes the networks take."
     if len(shape) == 1: return 'vector'
-    if len(shape) == 3 and shape[1] == shape[2] and shape[1] in (8, 28, 32): return 'image'
+    if len(shape) == 3 and shape[1] == shape[2] and shape[1] in (8, 28, 32, 64): return 'image'
     raise ValueError(f"no {what} for samples of shape {shape}: the networks take vectors (d,) "
-                     "or square images (c, s, s) with s in 8, 28, 32")
+                     "or square images (c, s, s) with s in 8, 28, 32, 64")
 
 def discriminator_net(shape:tuple, cfg:DiscriminatorConfig, t_emb:int=0) -> nn.Module:
     "A discriminator D(x, t) for samples of `shape`: an MLP for vectors, a conv net for images (t_emb=0: no time)."

@@ -241,8 +241,8 @@ def test_get_dataset(tmp_path):
     assert (ds.name, ds.shape, len(ds)) == ('pics', (3, 32, 32), 5) and ds.sample(2, device='cpu').shape == (2, 3, 32, 32)
     assert isinstance(get_dataset('gaussians_narrow'), GaussianMixture)
     with pytest.raises(ValueError, match=r"unknown dataset 'nope': choose one of gaussians5, gaussians8, gaussians25, gaussians_narrow, "
-                                          r"gaussians_uneven, moons, swiss_roll, checkerboard, rings, pinwheel, digits, "
-                                          r"or a path to a \.npy/\.npz array of shape \(n, d\) or \(n, c, h, w\)"):
+                                          r"gaussians_uneven, moons, swiss_roll, checkerboard, rings, pinwheel, digits, mnist, cifar10, celeba64, "
+                                          r"or a path to a \.npy/\.npz array of shape \(n, d\) or \(n, c, h, w\) or to a folder of images"):
         get_dataset('nope')
     with pytest.raises(FileNotFoundError, match='no such file'): get_dataset(str(tmp_path / 'gone.npz'))
 

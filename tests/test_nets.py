@@ -21,7 +21,7 @@ def test_up_block_doubles_the_side():
     assert UpBlock(8, 4)(torch.randn(2, 8, 7, 7)).shape == (2, 4, 14, 14)
 
 
-@pytest.mark.parametrize('c, size', [(1, 8), (3, 8), (1, 28), (3, 28), (1, 32), (3, 32)])
+@pytest.mark.parametrize('c, size', [(1, 8), (3, 8), (1, 28), (3, 28), (1, 32), (3, 32), (3, 64)])
 def test_conv_generator_shapes_and_range(c, size):
     seed_everything(1)
     G = ConvGenerator(latent=24, c_out=c, size=size, width=8)
@@ -55,8 +55,8 @@ def test_conv_generator_defaults():
     assert G.proj[0].out_features == 128 * 4 * 4 and len(G.blocks) == 1
 
 
-@pytest.mark.parametrize('kw, msg', [(dict(size=16), 'supports image sizes 8, 28, 32, got 16'),
-                                     (dict(size=64), 'got 64'),
+@pytest.mark.parametrize('kw, msg', [(dict(size=16), 'supports image sizes 8, 28, 32, 64, got 16'),
+                                     (dict(size=48), 'got 48'),
                                      (dict(width=0), '>= 1'), (dict(latent=0), '>= 1'), (dict(c_out=0), '>= 1')])
 def test_conv_generator_bad_config(kw, msg):
     with pytest.raises(ValueError, match=msg): ConvGenerator(**kw)
