@@ -6,6 +6,7 @@
 from __future__ import annotations
 import math
 import torch
+import torch.nn.functional as F
 from torch import nn, Tensor
 from typing import Callable
 from .core import check_shape
@@ -15,7 +16,8 @@ def leaky_relu() -> nn.Module:
     return nn.LeakyReLU(0.2)
 
 # %% auto #0
-__all__ = ['leaky_relu', 'FourierEmbedding', 'init_normal_', 'MLP', 'FiLMBlock', 'ConvNet', 'UpBlock', 'ConvGenerator']
+__all__ = ['leaky_relu', 'FourierEmbedding', 'init_normal_', 'MLP', 'FiLMBlock', 'ConvNet', 'UpBlock', 'ConvGenerator',
+           'ResBlock', 'UNet']
 
 # %% ../nbs/03_nets.ipynb #0577017c
 class FourierEmbedding(nn.Module):
@@ -140,3 +142,49 @@ class ConvGenerator(nn.Module):
     def forward(self, z:Tensor) -> Tensor:
         check_shape(z, (None, self.latent), 'z')
         return torch.tanh(self.out(self.blocks(self.proj(z))))
+
+# %% ../nbs/03_nets.ipynb #11772e71
+class ResBlock(nn.Module):
+    "Residual block: (group norm -> SiLU -> 3x3 conv) twice, the embedding added in between; 1x1 skip when channels change."
+    def __init__(self, c_in:int, c_out:int, emb:int):
+        super().__init__()
+        self.n1, self.c1 = _norm(c_in), nn.Conv2d(c_in, c_out, 3, 1, 1)
+        self.proj = nn.Linear(emb, c_out)
+        self.n2, self.c2 = _norm(c_out), nn.Conv2d(c_out, c_out, 3, 1, 1)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+    def forward(self, h:Tensor, e:Tensor) -> Tensor:
+        r = self.c1(F.silu(self.n1(h))) + self.proj(e)[:, :, None, None]
+        return self.skip(h) + self.c2(F.silu(self.n2(r)))
+
+# %% ../nbs/03_nets.ipynb #c76b3c7f
+class UNet(nn.Module):
+    "Small U-Net F(x, c_noise) for `(n, c, s, s)` images, s in {8, 28, 32, 64}: output of the input's shape, zero at init."
+    def __init__(self, c_in:int=1, # image channels
+                 size:int=8, # image side in pixels
+                 width:int=32, # channels at full resolution (x2 per halving, at most x4)
+                 emb:int=128): # size of the noise-level embedding
+        super().__init__()
+        if size not in (8, 28, 32, 64): raise ValueError(f"UNet supports 8, 28, 32 or 64 px images, got {size}")
+        if width < 1 or emb < 2 or emb % 2: raise ValueError(f"width must be >= 1 and emb even >= 2, got width={width}, emb={emb}")
+        self.c_in, self.size = c_in, size
+        self.embed = nn.Sequential(FourierEmbedding(emb, scale=4.), nn.Linear(emb, emb), nn.SiLU(), nn.Linear(emb, emb))
+        self.inp = nn.Conv2d(c_in, width, 3, 1, 1)
+        chans, s = [width], size
+        while s >= 8 and s % 2 == 0: chans.append(width * min(2 ** len(chans), 4)); s //= 2
+        self.down = nn.ModuleList(ResBlock(a, b, emb) for a, b in zip(chans[:-1], chans[1:]))
+        self.pool = nn.ModuleList(nn.Conv2d(b, b, 3, 2, 1) for b in chans[1:])
+        self.mid = ResBlock(chans[-1], chans[-1], emb)
+        self.up = nn.ModuleList(ResBlock(2 * b, a, emb) for a, b in zip(chans[:-1], chans[1:]))
+        self.out = nn.Sequential(_norm(width), nn.SiLU(), nn.Conv2d(width, c_in, 3, 1, 1))
+        nn.init.zeros_(self.out[-1].weight); nn.init.zeros_(self.out[-1].bias)
+    def forward(self, x:Tensor, c_noise:Tensor) -> Tensor:
+        check_shape(x, (None, self.c_in, self.size, self.size))
+        e = self.embed(c_noise.expand(len(x)) if c_noise.dim() == 0 else check_shape(c_noise, (len(x),), 'c_noise'))
+        h, skips = self.inp(x), []
+        for block, pool in zip(self.down, self.pool):
+            h = block(h, e); skips.append(h); h = pool(h)
+        h = self.mid(h, e)
+        for block in reversed(self.up):
+            skip = skips.pop()
+            h = block(torch.cat([F.interpolate(h, size=skip.shape[-2:], mode='nearest'), skip], 1), e)
+        return self.out(h)

@@ -67,3 +67,29 @@ def test_conv_generator_bad_latent():
     with pytest.raises(ValueError, match=r'z must have shape \(\*, 32\), got \(4, 31\)'): G(torch.randn(4, 31))
     with pytest.raises(ValueError, match=r'z must have shape \(\*, 32\), got \(4, 32, 1\)'): G(torch.randn(4, 32, 1))
     with pytest.raises(TypeError, match='z must be a torch.Tensor'): G([0.] * 32)
+
+# ---------------------------------------------------------------- the U-Net denoiser
+
+@pytest.mark.parametrize('c, s', [(1, 8), (1, 28), (3, 32), (3, 64)])
+def test_unet_keeps_the_shape_and_starts_at_zero(c, s):
+    from gpm_nb.nets import UNet
+    torch.manual_seed(0)
+    u = UNet(c, s, width=8, emb=16)
+    x = torch.randn(2, c, s, s)
+    y = u(x, torch.tensor([-1., 1.]))
+    assert y.shape == x.shape and (y == 0).all()
+    y.pow(2).sum().backward()                                   # gradients reach the zero-initialised output layer
+    assert u.out[-1].weight.grad is not None
+
+def test_unet_depends_on_the_noise_level_and_refuses_bad_input():
+    from gpm_nb.nets import UNet
+    torch.manual_seed(0)
+    u = UNet(1, 8, width=8, emb=16)
+    torch.nn.init.normal_(u.out[-1].weight, std=0.1)
+    x = torch.randn(3, 1, 8, 8)
+    assert (u(x, torch.zeros(3)) - u(x, torch.ones(3))).abs().max() > 1e-4
+    torch.testing.assert_close(u(x, torch.tensor(0.5)), u(x, torch.full((3,), 0.5)))     # a scalar level broadcasts
+    with pytest.raises(ValueError, match=r'must have shape \(\*, 1, 8, 8\)'): u(torch.randn(3, 3, 8, 8), torch.zeros(3))
+    with pytest.raises(ValueError, match='c_noise must have shape'): u(x, torch.zeros(2))
+    with pytest.raises(ValueError, match='8, 28, 32 or 64 px'): UNet(1, 12)
+    with pytest.raises(ValueError, match='emb even'): UNet(1, 8, emb=7)
