@@ -91,8 +91,8 @@ def toy_discriminator() -> nn.Module:
 def monoflow_toy(loss:str|Callable, # a name of `F_LOSSES` or `GAN_LOSSES`, or a per-sample loss l(u) of u = log r
                  ratio:str='detached', # how r is computed: one of `TOY_RATIOS`
                  steps:int|None=None, lr:float|None=None, lr_d:float|None=None, # default: the official settings
-                 seed:int=101, start:tuple=(1., 1.)) -> tuple[Tensor, Tensor]:
-    "Fit the toy's model x = mu + L z (mu = `start`, L = I at first) to its target with `loss`; the final mean and covariance L L^T."
+                 seed:int=101) -> tuple[Tensor, Tensor]:
+    "Fit the toy's model x = mu + L z (mu = (1, 1), L = I at first) to its target with `loss`; the final mean and covariance L L^T."
     if ratio not in TOY_RATIOS: raise ValueError(f"unknown ratio {ratio!r}: choose one of {', '.join(TOY_RATIOS)}")
     if callable(loss): ell, name = loss, 'custom'
     elif loss in F_LOSSES: ell, name = F_LOSSES[loss], loss
@@ -103,7 +103,7 @@ def monoflow_toy(loss:str|Callable, # a name of `F_LOSSES` or `GAN_LOSSES`, or a
     g = torch.Generator().manual_seed(seed); torch.manual_seed(seed)
     Lp = torch.linalg.cholesky(torch.tensor(TOY_SIGMA))
     p = MultivariateNormal(torch.zeros(2), scale_tril=Lp)
-    mu, L = torch.tensor(start, dtype=torch.float32).requires_grad_(True), torch.eye(2, requires_grad=True)
+    mu, L = torch.ones(2, requires_grad=True), torch.eye(2, requires_grad=True)
     opt, n = torch.optim.Adam([mu, L], lr), 32 if ratio == 'gan' else 1000
     if ratio == 'gan': D = toy_discriminator(); opt_d = torch.optim.Adam(D.parameters(), lr_d)
     for _ in range(steps):
