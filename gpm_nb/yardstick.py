@@ -267,7 +267,7 @@ def classes_covered(hist:list, # class shares, e.g. from `class_histogram`
 # %% ../nbs/06_yardstick.ipynb #820b2b18
 def digits_metrics(x:Tensor, # generated digits, (n, 1, 8, 8) in [-1, 1], n > k
                    clf:DigitsClassifier|None=None, # the feature map; default: the shipped `load_classifier()`
-                   n_ref:int|None=None, # held-out real digits for the floors; default min(n, 500)
+                   n_ref:int|None=None, # held-out real digits for the floors, and how many samples are compared; default min(n, 500)
                    k:int=3, # the k of precision and recall
                    seed:int=0, # which test digits make the floor when n_ref < 500
                   ) -> dict:
@@ -286,7 +286,8 @@ def digits_metrics(x:Tensor, # generated digits, (n, 1, 8, 8) in [-1, 1], n > k
     if isinstance(n_ref, bool) or not isinstance(n_ref, int) or not k + 1 <= n_ref <= len(xte):
         raise ValueError(f"n_ref must be an integer from {k + 1} to {len(xte)}, got {n_ref!r}")
     ref = xte[torch.randperm(len(xte), generator=torch.Generator().manual_seed(seed))[:n_ref].to(dev)]
-    f_tr, f_ref, f_x = (digit_features(t, clf) for t in (xtr, ref, x.to(dev)))
+    xs = x if n == n_ref else x[torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1))[:n_ref].to(x.device)]
+    f_tr, f_ref, f_x = (digit_features(t, clf) for t in (xtr, ref, xs.to(dev)))   # model and floor at the same size
     p, r = precision_recall(f_tr, f_x, k)
     p0, r0 = precision_recall(f_tr, f_ref, k)
     hist = class_histogram(x, clf)

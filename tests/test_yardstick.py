@@ -198,3 +198,9 @@ def test_bad_n_ref_and_wrong_split(clf, split, tmp_path):
     p = save_classifier(clf, tmp_path/'c.pt', test_idx=torch.arange(500, dtype=torch.int16))
     with pytest.raises(ValueError, match='trained on another split'): digits_metrics(x_test, load_classifier(p, 'cpu'))
     check_digits(1.3 * x_test)     # a sampler's small overshoot is accepted
+
+def test_more_samples_than_the_floor_are_compared_at_the_floors_size(clf, split):
+    "1000 real test digits (each twice) are scored on a random 500, like the floor: the same size, close to the floor."
+    x_test = split[2]
+    m = digits_metrics(torch.cat([x_test, x_test]), clf)
+    assert (m['n'], m['n_ref']) == (1000, 500) and m['fd'] < 3 * m['fd_floor'] and m['classes_covered'] == 10
