@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from .core import default_device, seed_everything, fork_rng, PRESETS, import_torchvision
-from .data import DATASETS, get_dataset, dataset_names
+from .data import get_dataset, dataset_names
 from .metrics import energy_distance, metric_floor
 from .train import (Trainer, Callback, LogCB, ProgressCB, EvalCB, CheckpointCB, read_checkpoint, load_checkpoint,
                           NonFiniteLossError)

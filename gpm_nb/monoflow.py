@@ -14,8 +14,8 @@ from torch import nn, Tensor
 from torch.distributions import MultivariateNormal
 
 # %% auto #0
-__all__ = ['GAN_LOSSES', 'F_LOSSES', 'TOY_RATIOS', 'TOY_SIGMA', 'TOY_OUTCOMES', 'GANLoss', 'gan_loss', 'optimal_logit',
-           'toy_discriminator', 'monoflow_toy', 'toy_converged']
+__all__ = ['GAN_LOSSES', 'F_LOSSES', 'TOY_RATIOS', 'TOY_SIGMA', 'LOGISTIC', 'TOY_OUTCOMES', 'GANLoss', 'gan_loss',
+           'optimal_logit', 'toy_discriminator', 'monoflow_toy', 'toy_converged']
 
 # %% ../nbs/13_monoflow.ipynb #2fc87050
 @dataclass(frozen=True)
@@ -77,6 +77,8 @@ TOY_RATIOS = ('attached', 'detached', 'gan')
 TOY_SIGMA = ((1., .8), (.8, .89))    # the target's covariance; its mean is 0
 
 # %% ../nbs/13_monoflow.ipynb #cbdb9a64
+LOGISTIC = GAN_LOSSES['vanilla']   # the toy discriminator's loss: the logistic loss of section 1
+
 def _toy_settings(loss:str, ratio:str) -> tuple[int, float, float]:
     "Iterations, model lr and discriminator lr of the official notebooks for `loss` and `ratio`."
     if ratio == 'gan': return 5000, 1e-3, (1e-3 if loss == 'reverse_kl' else 1e-4)
@@ -109,7 +111,7 @@ def monoflow_toy(loss:str|Callable, # a name of `F_LOSSES` or `GAN_LOSSES`, or a
     for _ in range(steps):
         if ratio == 'gan':   # one logistic step: data labelled 1, model samples 0
             xr, xf = torch.randn(n, 2, generator=g) @ Lp.T, (mu + torch.randn(n, 2, generator=g) @ L.T).detach()
-            l_d = F.softplus(-D(xr)).mean() + F.softplus(D(xf)).mean()
+            l_d = LOGISTIC.d_real(D(xr)).mean() + LOGISTIC.d_fake(D(xf)).mean()
             opt_d.zero_grad(); l_d.backward(); opt_d.step()
         x = mu + torch.randn(n, 2, generator=g) @ L.T
         if ratio == 'gan': u = D(x)[:, 0]
