@@ -12,9 +12,10 @@ from .core import check_shape, check_finite, append_dims
 from .integrate import FnField, as_grid, integrate
 
 # %% auto #0
-__all__ = ['score_from_denoiser', 'denoiser_from_score', 'mixture_denoiser', 'edm_precond', 'Denoiser', 'edm_loss',
+__all__ = ['SAMPLERS', 'score_from_denoiser', 'denoiser_from_score', 'mixture_denoiser', 'edm_precond', 'Denoiser', 'edm_loss',
            'get_sigmas_karras', 'to_d', 'denoiser_field', 'sample_euler', 'sample_heun', 'sample_euler_maruyama',
-           'NFECounter', 'edm_defaults']
+           'NFECounter', 'edm_defaults', 'sample_dpmpp_2m', 'get_sampler', 'sampler_nfe', 'log_likelihood',
+           'bits_per_dim']
 
 # %% ../nbs/11_scores.ipynb #edba5dce
 def _check_x(x, name:str='x') -> Tensor:
@@ -220,3 +221,102 @@ def edm_defaults(x:Tensor, # data, (n, d) or (n, c, h, w), n >= 2
     u = 2 * kl_tol / (a + math.sqrt(a * a + 4 * b * kl_tol))                          # root of b u^2 + a u = kl_tol, u = 1/sigma^2
     return dict(sigma_data=sd, sigma_min=0.1 * nn_d.median().item(), sigma_max=1 / math.sqrt(u), rho=7.,
                 P_mean=math.log(sd) - 1.2 - math.log(0.5), P_std=1.2)
+
+# %% ../nbs/11_scores.ipynb #e13cfbe3
+def sample_dpmpp_2m(model:Callable, # denoiser model(x, sigma)
+                    x:Tensor, # initial noise, sigmas[0] * randn, (n, ...)
+                    sigmas, # decreasing noise grid ending at 0
+                    callback:Callable|None=None, # callback(i, sigma_i, x_i), i = 0..N
+                   ) -> Tensor:
+    "DPM-Solver++(2M), eq. (12): Euler steps of (6) with the denoised value extrapolated in lambda = -ln sigma; N evaluations."
+    if not callable(model): raise TypeError(f"model must be callable as model(x, sigma), got {type(model).__name__}")
+    _check_x(x); s = _check_sigmas(sigmas).tolist()
+    if callback is not None: callback(0, s[0], x)
+    D_prev = None
+    for i in range(len(s) - 1):
+        D = check_shape(model(x, _sigma(s[i], x)), tuple(x.shape), 'model(x, sigma)')
+        D_hat = D                                                           # first and last steps: (11)
+        if D_prev is not None and s[i + 1] > 0:
+            r = math.log(s[i - 1] / s[i]) / math.log(s[i] / s[i + 1])      # r_i = h_{i-1} / h_i
+            D_hat = (1 + 1 / (2 * r)) * D - 1 / (2 * r) * D_prev            # (12)
+        x = integrate(FnField(lambda y, t: to_d(y, t, D_hat), 'sigma'), x, s[i:i + 2], 'euler')
+        D_prev = D
+        if callback is not None: callback(i + 1, s[i + 1], x)
+    return x
+
+# %% ../nbs/11_scores.ipynb #44107b20
+SAMPLERS = {'euler': sample_euler, 'heun': sample_heun, 'euler_maruyama': sample_euler_maruyama, 'dpmpp_2m': sample_dpmpp_2m}
+
+def get_sampler(name:str) -> Callable:
+    "The sampler `SAMPLERS[name]`, called as `sampler(model, x, sigmas, ...)`; an unknown name raises a ValueError listing the names."
+    if not isinstance(name, str) or name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}: choose one of {', '.join(SAMPLERS)}")
+    return SAMPLERS[name]
+
+def sampler_nfe(name:str, # a name in `SAMPLERS`
+                steps:int, # number N of positive noise levels, on a grid ending at 0
+               ) -> int:
+    "Denoiser evaluations of sampler `name` with `steps` levels: 2N - 1 for 'heun', N for the others."
+    get_sampler(name)
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    return 2 * int(steps) - 1 if name == 'heun' else int(steps)
+
+# %% ../nbs/11_scores.ipynb #0c7c9dfc
+from torchdiffeq import odeint
+
+def _divergence(g:Tensor, x:Tensor, probes:Tensor|None) -> Tensor:
+    "Per-sample divergence of `g(x)`, (n,): exact (a backward pass per coordinate), or eq. (17) averaged over `probes` (k, n, ...)."
+    if probes is None:
+        gf = g.flatten(1)
+        return sum(torch.autograd.grad(gf[:, i].sum(), x, retain_graph=True)[0].flatten(1)[:, i] for i in range(gf.shape[1]))
+    return torch.stack([(torch.autograd.grad(g, x, e, retain_graph=True)[0] * e).flatten(1).sum(1) for e in probes]).mean(0)
+
+# %% ../nbs/11_scores.ipynb #028dcf5e
+def log_likelihood(model:Callable, # denoiser model(x, sigma) -> denoised x, sigma per sample (n,)
+                   x:Tensor, # points, (n, ...)
+                   sigma_min:float, # the data-side noise level: the density computed is p_{sigma_min}
+                   sigma_max:float, # where the prior N(0, sigma_max^2 I) is used
+                   exact:bool|None=None, # exact divergence; None: exact when the dimension d <= 8
+                   n_probe:int=1, # Hutchinson probes per point (exact=False)
+                   rtol:float=1e-5, # relative tolerance of dopri5
+                   atol:float=1e-5, # absolute tolerance of dopri5
+                   generator:torch.Generator|None=None, # random source of the probes (CPU)
+                   probe:str='rademacher', # 'rademacher' or 'gaussian' probes
+                  ) -> Tensor:
+    "`log p_{sigma_min}(x)` in nats, (n,), by the probability-flow ODE (15) from sigma_min to sigma_max (torchdiffeq dopri5), prior N(0, sigma_max^2 I)."
+    if not callable(model): raise TypeError(f"model must be callable as model(x, sigma), got {type(model).__name__}")
+    _check_x(x)
+    if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in (sigma_min, sigma_max)) or not (0 < sigma_min < sigma_max < math.inf):
+        raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min!r}, sigma_max={sigma_max!r}")
+    if not (rtol > 0 and atol > 0): raise ValueError(f"rtol and atol must be positive, got {rtol!r}, {atol!r}")
+    if isinstance(n_probe, bool) or not isinstance(n_probe, numbers.Integral) or n_probe < 1:
+        raise ValueError(f"n_probe must be a positive integer, got {n_probe!r}")
+    if probe not in ('rademacher', 'gaussian'): raise ValueError(f"probe must be 'rademacher' or 'gaussian', got {probe!r}")
+    n, d = len(x), x[0].numel()
+    probes = None
+    if not (d <= 8 if exact is None else exact):                           # Hutchinson (17): fixed probes for the whole solve
+        shape = (n_probe, *x.shape)
+        probes = (torch.randint(0, 2, shape, generator=generator).to(x.dtype) * 2 - 1 if probe == 'rademacher'
+                  else torch.randn(shape, generator=generator, dtype=x.dtype)).to(x.device)
+    def rhs(t, state):                                                     # t = ln sigma; state = (x, running integral)
+        with torch.enable_grad():
+            y = state[0].detach().requires_grad_(True)
+            g = y - check_shape(model(y, t.exp().expand(n)), tuple(y.shape), 'model(x, sigma)')     # (14)
+            return g.detach(), _divergence(g, y, probes).detach()
+    t = torch.tensor([math.log(sigma_min), math.log(sigma_max)], dtype=x.dtype, device=x.device)
+    with torch.no_grad():                                                  # the first step is set: near sigma_min, g ~ 0 fools the automatic choice
+        xs, ls = odeint(rhs, (x.detach(), x.new_zeros(n)), t, rtol=rtol, atol=atol, method='dopri5',
+                        options=dict(first_step=float(t[1] - t[0]) / 64))
+    xT = xs[-1].flatten(1)
+    return ls[-1] - xT.pow(2).sum(1) / (2 * sigma_max**2) - d / 2 * math.log(2 * math.pi * sigma_max**2)   # (15) with the prior
+
+# %% ../nbs/11_scores.ipynb #f383e006
+def bits_per_dim(logp, # log-densities in nats, a number or a tensor (n,)
+                 d:int, # the dimension of one sample
+                 scale:float=1., # levels per data unit:, 127.5 for 8-bit data mapped to [-1, 1]
+                ) -> Tensor:
+    "Bits per dimension, eq. (18): `(-logp + d ln(scale)) / (d ln 2)`."
+    if isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1: raise ValueError(f"d must be a positive integer, got {d!r}")
+    if not (0 < scale < math.inf): raise ValueError(f"scale must be a positive number, got {scale!r}")
+    return (-torch.as_tensor(logp, dtype=torch.float64) + d * math.log(scale)) / (d * math.log(2))

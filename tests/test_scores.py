@@ -1,14 +1,16 @@
-"gpm_nb.scores: Tweedie and the closed-form mixture denoiser, EDM preconditioning, the Karras grid, samplers through `integrate`, edm_defaults."
+"""gpm_nb.scores: Tweedie and the closed-form mixture denoiser, EDM preconditioning, the Karras grid, samplers through `integrate`, edm_defaults,
+DPM-Solver++(2M) and the sampler registry, log-likelihoods through the probability-flow ODE."""
 import math
 import pytest
 import torch
 from gpm_nb.core import seed_everything, append_dims
-from gpm_nb.data import gaussians5, gaussians_uneven
+from gpm_nb.data import gaussians5, gaussians_uneven, GaussianMixture
 from gpm_nb.metrics import energy_distance, metric_floor, mode_stats
 from gpm_nb.nets import MLP, UNet
 from gpm_nb.scores import (score_from_denoiser, denoiser_from_score, mixture_denoiser, edm_precond, Denoiser, edm_loss,
                            get_sigmas_karras, to_d, denoiser_field, sample_euler, sample_heun, sample_euler_maruyama,
-                           NFECounter, edm_defaults)
+                           NFECounter, edm_defaults, sample_dpmpp_2m, SAMPLERS, get_sampler, sampler_nfe,
+                           log_likelihood, bits_per_dim)
 
 D64 = dict(dtype=torch.float64)
 MIX = gaussians5()
@@ -186,4 +188,127 @@ def test_bad_inputs():
              (lambda: edm_defaults(x, kl_tol=0.), 'kl_tol must be a positive')]
     for fn, msg in cases:
         with pytest.raises(ValueError, match=None) as e: fn()
+        assert msg in str(e.value), (msg, str(e.value))
+
+# ---------------------------------------------------------------- DPM-Solver++(2M) and the registry
+def _dpmpp_2m_lambda(model, x, sigmas):
+    "DPM-Solver++(2M) transcribed in lambda = -ln sigma (k-diffusion's form): an independent reference."
+    lam, old = lambda s: -math.log(s), None
+    for i in range(len(sigmas) - 1):
+        s0, s1 = sigmas[i], sigmas[i + 1]
+        D = model(x, torch.full((len(x),), s0, dtype=x.dtype))
+        if s1 == 0: x = D                                                     # h = inf: 1 - e^-h = 1
+        elif old is None: x = s1 / s0 * x - math.expm1(-(lam(s1) - lam(s0))) * D
+        else:
+            h, h_last = lam(s1) - lam(s0), lam(s0) - lam(sigmas[i - 1])
+            x = s1 / s0 * x - math.expm1(-h) * ((1 + h / (2 * h_last)) * D - h / (2 * h_last) * old)
+        old = D
+    return x
+
+def test_dpmpp_2m_nfe_formula_and_callback():
+    seed_everything(20)
+    x = 80 * torch.randn(32, 2, **D64)
+    for N in (1, 2, 7, 13):
+        sg = get_sigmas_karras(N, 0.002, 80.)
+        c = NFECounter(D_MIX); out = sample_dpmpp_2m(c, x, sg)
+        assert c.nfe == N == sampler_nfe('dpmpp_2m', N)
+        assert torch.allclose(out, _dpmpp_2m_lambda(D_MIX, x, sg.tolist()), atol=1e-10)
+    sg, seen, eu = get_sigmas_karras(9, 0.002, 80.), [], []
+    sample_dpmpp_2m(D_MIX, x, sg, callback=lambda i, s, y: seen.append((i, s, y)))
+    sample_euler(D_MIX, x, sg, callback=lambda i, s, y: eu.append(y))
+    assert [i for i, _, _ in seen] == list(range(10)) and torch.allclose(torch.tensor([s for _, s, _ in seen], **D64), sg)
+    assert torch.allclose(seen[1][2], eu[1], atol=1e-12)                       # first step = Euler = DDIM
+    assert torch.allclose(seen[-1][2], D_MIX(seen[-2][2], sg[-2].item()), atol=1e-12)   # last step returns the denoised
+
+def test_dpmpp_2m_reproduces_gaussians5_at_13_nfe():
+    seed_everything(21)
+    n, lv = 2000, edm_defaults(MIX.sample(5000))
+    floor = metric_floor(energy_distance, lambda k: MIX.sample(k).double(), n, repeats=5)
+    c = NFECounter(D_MIX)
+    out = sample_dpmpp_2m(c, lv['sigma_max'] * torch.randn(n, 2, **D64), get_sigmas_karras(13, lv['sigma_min'], lv['sigma_max']))
+    ratio = sum(energy_distance(out, MIX.sample(n)) for _ in range(3)) / 3 / floor
+    ms = mode_stats(out, MIX.means.double(), MIX.std)
+    assert c.nfe == 13
+    assert ratio < 3 and ms['high_quality'] >= 0.95 and ms['modes_covered'] == 5, (ratio, ms)
+
+def test_dpmpp_2m_is_second_order():
+    seed_everything(22)
+    x = 80 * torch.randn(200, 2, **D64)
+    ref = sample_heun(D_MIX, x, get_sigmas_karras(1024, 0.002, 80.))
+    err = [(sample_dpmpp_2m(D_MIX, x, get_sigmas_karras(N, 0.002, 80.)) - ref).pow(2).sum(1).mean().sqrt().item() for N in (32, 64, 128)]
+    assert all(3.5 < a / b < 5.5 for a, b in zip(err, err[1:])), err
+
+def test_sampler_registry():
+    assert list(SAMPLERS) == ['euler', 'heun', 'euler_maruyama', 'dpmpp_2m']
+    assert get_sampler('heun') is sample_heun and get_sampler('dpmpp_2m') is sample_dpmpp_2m
+    x = 80 * torch.randn(8, 2, **D64)
+    for name in SAMPLERS:
+        for N in (1, 5):
+            c = NFECounter(D_MIX); get_sampler(name)(c, x, get_sigmas_karras(N, 0.002, 80.))
+            assert c.nfe == sampler_nfe(name, N) == (2 * N - 1 if name == 'heun' else N)
+    with pytest.raises(ValueError, match="unknown sampler 'ddim': choose one of euler, heun, euler_maruyama, dpmpp_2m"): get_sampler('ddim')
+    with pytest.raises(ValueError, match='unknown sampler'): sampler_nfe('rk4', 3)
+    with pytest.raises(ValueError, match='steps must be a positive integer'): sampler_nfe('euler', 0)
+
+# ---------------------------------------------------------------- log-likelihood
+def test_log_likelihood_matches_closed_form_2d():
+    seed_everything(23)
+    x = MIX.noised(0.002).sample(200).double()
+    lp = log_likelihood(D_MIX, x, 0.002, 80.)
+    assert lp.shape == (200,) and (lp - MIX.noised(0.002).log_prob(x).double()).abs().max() < 1e-2
+    um = gaussians_uneven()                                  # mean away from 0: the prior needs a larger sigma_max, eq. (16)
+    xu = um.noised(0.01).sample(200).double()
+    lpu = log_likelihood(mixture_denoiser(um), xu, 0.01, 1000.)
+    assert (lpu - um.noised(0.01).log_prob(xu).double()).abs().max() < 1e-2
+    assert torch.equal(log_likelihood(D_MIX, x[:20], 0.002, 80.), log_likelihood(D_MIX, x[:20], 0.002, 80., exact=True))
+
+def test_log_likelihood_image_shaped_input():
+    m4 = GaussianMixture(torch.tensor([[1., -1., 0.5, 0.], [-1., 1., -0.5, 0.]]), std=0.6)
+    D4 = mixture_denoiser(m4)
+    seed_everything(24)
+    x = m4.noised(0.01).sample(50).double()
+    D_img = lambda y, s: D4(y.flatten(1), s).view_as(y)      # the same model on (n, 1, 2, 2)
+    a, b = log_likelihood(D4, x, 0.01, 200.), log_likelihood(D_img, x.view(50, 1, 2, 2), 0.01, 200.)
+    assert torch.allclose(a, b, atol=1e-9) and (a - m4.noised(0.01).log_prob(x).double()).abs().max() < 1e-2
+
+def test_hutchinson_agrees_with_exact():
+    mu = 3 * torch.randn(4, 16, generator=torch.Generator().manual_seed(25))
+    m16 = GaussianMixture(mu - mu.mean(0), std=1.)
+    D16 = mixture_denoiser(m16)
+    seed_everything(26)
+    x = m16.noised(0.01).sample(100).double()
+    exact = log_likelihood(D16, x, 0.01, 500., exact=True)
+    g = lambda: torch.Generator().manual_seed(27)
+    h = log_likelihood(D16, x, 0.01, 500., generator=g())                  # d = 16 > 8: Hutchinson by default
+    assert torch.equal(h, log_likelihood(D16, x, 0.01, 500., exact=False, generator=g()))   # reproducible
+    e = h - exact
+    assert abs(e.mean()) < 3.5 * e.std() / math.sqrt(len(e)) and 0 < e.std() < 5, (e.mean(), e.std())
+    e4 = log_likelihood(D16, x, 0.01, 500., n_probe=4, generator=g()) - exact
+    assert abs(e4.mean()) < 3.5 * e4.std() / math.sqrt(len(e4)) and e4.std() < 0.7 * e.std()
+
+def test_bits_per_dim():
+    assert math.isclose(bits_per_dim(3 * math.log(127.5 / 256), 3, scale=127.5).item(), 8., rel_tol=1e-12)
+    lp = torch.tensor([-2., -4.], **D64)
+    assert torch.allclose(bits_per_dim(lp, 2), -lp / (2 * math.log(2)))
+
+def test_likelihood_and_sampler_bad_inputs():
+    x = MIX.sample(6).double()
+    cases = [(lambda: log_likelihood(D_MIX, x, 1., 0.5), ValueError, 'need 0 < sigma_min < sigma_max'),
+             (lambda: log_likelihood(D_MIX, x, 1., 1.), ValueError, 'need 0 < sigma_min < sigma_max'),
+             (lambda: log_likelihood(D_MIX, x, 0., 80.), ValueError, 'need 0 < sigma_min < sigma_max'),
+             (lambda: log_likelihood(D_MIX, x, -0.1, 80.), ValueError, 'need 0 < sigma_min < sigma_max'),
+             (lambda: log_likelihood(None, x, 0.01, 80.), TypeError, 'model must be callable'),
+             (lambda: log_likelihood(D_MIX, x[:, 0], 0.01, 80.), ValueError, 'batch-first'),
+             (lambda: log_likelihood(D_MIX, x.long(), 0.01, 80.), ValueError, 'batch-first'),
+             (lambda: log_likelihood(lambda y, s: y[:3], x, 0.01, 80.), ValueError, 'model(x, sigma) must have shape (6, 2)'),
+             (lambda: log_likelihood(D_MIX, x, 0.01, 80., exact=False, n_probe=0), ValueError, 'n_probe must be a positive integer'),
+             (lambda: log_likelihood(D_MIX, x, 0.01, 80., probe='normal'), ValueError, "probe must be 'rademacher' or 'gaussian'"),
+             (lambda: log_likelihood(D_MIX, x, 0.01, 80., atol=-1.), ValueError, 'rtol and atol must be positive'),
+             (lambda: bits_per_dim(-1., 0), ValueError, 'd must be a positive integer'),
+             (lambda: bits_per_dim(-1., 2, scale=-1.), ValueError, 'scale must be a positive number'),
+             (lambda: sample_dpmpp_2m(D_MIX, x, [0., 1.]), ValueError, 'strictly decreasing'),
+             (lambda: sample_dpmpp_2m(3, x, [1., 0.]), TypeError, 'model must be callable'),
+             (lambda: sample_dpmpp_2m(lambda y, s: y[:, :1], x, [1., 0.]), ValueError, 'model(x, sigma) must have shape (6, 2)')]
+    for fn, exc, msg in cases:
+        with pytest.raises(exc) as e: fn()
         assert msg in str(e.value), (msg, str(e.value))
