@@ -4,7 +4,7 @@
 
 # %% ../nbs/20_cli.ipynb #ed106a2c
 from __future__ import annotations
-import argparse, json, math, sys, time
+import argparse, inspect, json, math, sys, time
 from dataclasses import asdict, fields
 from pathlib import Path
 import numpy as np
@@ -16,6 +16,8 @@ from .train import (Trainer, Callback, LogCB, ProgressCB, EvalCB, CheckpointCB, 
                           NonFiniteLossError)
 from .gpm import METHODS, get_method, RunConfig, override, evaluate, schedule_cbs
 from .monoflow import GAN_LOSSES
+from .scores import SAMPLERS
+import gpm_nb.score_models   # registers edm, sd_flow and score_gan
 from .yardstick import digits_metrics
 
 # %% auto #0
@@ -61,16 +63,21 @@ def make_run(method:str, data:str, preset:str, device=None, image_size:int|None=
     run, cfg = run_configs(method, preset, **overrides)
     ds = get_dataset(data, image_size=image_size)
     std = standardize(ds) if data not in dataset_names() else None   # built-in data come in their own scale
+    m = get_method(method)
     seed_everything(run.seed)
-    model = get_method(method).build(std or ds, cfg, run, device=device)
+    if m.resolve: cfg = m.resolve(std or ds, cfg)       # what the data decide (e.g. EDM's noise range), recorded in config.json
+    seed_everything(run.seed)
+    model = m.build(std or ds, cfg, run, device=device)
     config = dict(method=method, data=data, image_size=image_size, preset=preset, shape=list(model.shape), run=asdict(run), cfg=asdict(cfg),
                   standardize=None if std is None else dict(mean=std.mean.tolist(), scale=std.scale.tolist()))
     return dict(config=config, model=model, data=ds, std=std, run=run, cfg=cfg)
 
 # %% ../nbs/20_cli.ipynb #5ced82a2
-def draw(model, config:dict, n:int, steps:int|None=None):
-    "n samples from `model`, mapped back to the data's layout and scale when it was standardised."
-    x = model.sample(n, steps=steps)
+def draw(model, config:dict, n:int, steps:int|None=None, sampler:str|None=None):
+    "n samples from `model` (with `steps` and `sampler` where it integrates a flow), mapped back to the data's layout and scale."
+    if sampler is not None and 'sampler' not in inspect.signature(model.sample).parameters:
+        raise ValueError(f"{config['method']} has no sampler choice: --sampler applies to the score methods that integrate a flow (edm)")
+    x = model.sample(n, steps=steps, **({} if sampler is None else dict(sampler=sampler)))
     if config.get('standardize'):
         s = config['standardize']
         x = x * torch.tensor(s['scale'], device=x.device) + torch.tensor(s['mean'], device=x.device)
@@ -196,7 +203,8 @@ def _registry_help() -> str:
         lines.append(f"  {m.name:12s} {m.field} x {m.pusher} (recipe {m.recipe.__name__}; presets {', '.join(preset_names(m.name))})")
     lines += [f"presets: {', '.join(PRESETS)} for every method (GPM_PRESET picks a notebook's), and the method's own above", f"data: {', '.join(dataset_names())} (real image sets: files under $GPM_DATA, nothing downloads),",
               "      a .npy/.npz array (n, d) or (n, c, h, w), or a folder of PNG/JPEG images (--image_size S resizes)",
-              f"losses (--loss, with --shift C for saturating): {', '.join(GAN_LOSSES)}", '',
+              f"losses (--loss, with --shift C for saturating): {', '.join(GAN_LOSSES)}",
+              f"samplers (--sampler of edm, also of gpm_sample): {', '.join(SAMPLERS)}", '',
               'config fields (override any with --name value):']
     def show(title, cfg): lines.append(f"  {title}: " + ', '.join(f"{f.name}={getattr(cfg, f.name)!r}" for f in fields(cfg)))
     show('run', RunConfig())
@@ -236,7 +244,7 @@ def gpm_train(argv:list|None=None):
     print(json.dumps({k: v for k, v in m.items() if not isinstance(v, list)}, indent=1))
 
 # %% ../nbs/20_cli.ipynb #b1647e35
-def sample_run(run:str|Path, n:int, steps:int|None=None, device=None):
+def sample_run(run:str|Path, n:int, steps:int|None=None, device=None, sampler:str|None=None):
     "Rebuild the model of run folder `run` from its checkpoint and draw `n` samples (in the data's layout and range)."
     run = Path(run); ckpt = read_checkpoint(run/'checkpoint.pt')
     if n < 1: raise ValueError(f"--n must be >= 1, got {n}")
@@ -247,7 +255,7 @@ def sample_run(run:str|Path, n:int, steps:int|None=None, device=None):
     model = m.build(DataShape(config['shape']), cfg, rc, device=device)
     load_checkpoint(run/'checkpoint.pt', model, restore_rng=False)
     model.eval()
-    return draw(model, config, n, steps)
+    return draw(model, config, n, steps, sampler)
 
 def gpm_sample(argv:list|None=None):
     "Draw samples from a trained run into a .npy file."
@@ -255,11 +263,12 @@ def gpm_sample(argv:list|None=None):
     ap.add_argument('run', help='run folder written by gpm_train')
     ap.add_argument('--n', type=int, default=1000, help='number of samples')
     ap.add_argument('--out', default='samples.npy', help='.npy file to write, in the data layout')
-    ap.add_argument('--steps', type=int, default=None, help='flow steps (default: the trained grid; free particles only)')
+    ap.add_argument('--steps', type=int, default=None, help='flow steps or noise levels (default: the trained grid; free particles only)')
+    ap.add_argument('--sampler', default=None, help=f"score methods that integrate a flow (edm): {', '.join(SAMPLERS)} (default: the run's)")
     ap.add_argument('--seed', type=int, default=0, help='random seed')
     a = ap.parse_args(argv)
     seed_everything(a.seed)
-    try: x = sample_run(a.run, a.n, a.steps)
+    try: x = sample_run(a.run, a.n, a.steps, sampler=a.sampler)
     except ValueError as e: _fail('gpm_sample', str(e))
     np.save(a.out, x.cpu().numpy()); print(f"wrote {tuple(x.shape)} samples to {a.out}")
 

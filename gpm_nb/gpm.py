@@ -404,6 +404,7 @@ class Method:
     config: type     # its hyperparameter dataclass
     presets: dict    # preset name -> (RunConfig, config)
     build: Callable  # build(data, cfg, run, device) -> recipe
+    resolve: Callable|None = None  # resolve(data, cfg) -> cfg with what the data decide filled in, when a run starts
     def __repr__(self): return f"Method({self.name!r}: {self.field} x {self.pusher}, presets {', '.join(self.presets)})"
 
 METHODS = {}

@@ -215,8 +215,8 @@ def edm_defaults(x:Tensor, # data, (n, d) or (n, c, h, w), n >= 2
     if len(x) > max_points: x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:max_points]]
     sd, m, xc = x.pow(2).mean().sqrt().item(), x.mean(0), x - x.mean(0)
     a, b = m.pow(2).sum().item() / 2, (xc @ xc.T).pow(2).sum().item() / len(x)**2 / 4   # (8): a/sigma^2 + b/sigma^4
-    nn_d = torch.cdist(x, x, compute_mode='donot_use_mm_for_euclid_dist').fill_diagonal_(math.inf).min(1).values
-    nn_d = nn_d[nn_d > 0]
+    u = torch.unique(x, dim=0)                                                        # repeated samples (small data sets) have no neighbour distance
+    nn_d = torch.cdist(u, u, compute_mode='donot_use_mm_for_euclid_dist').fill_diagonal_(math.inf).min(1).values if len(u) > 1 else u.new_zeros(0)
     if len(nn_d) == 0 or b == 0: raise ValueError("the data have no spread (all samples equal): no scale to derive noise levels from")
     u = 2 * kl_tol / (a + math.sqrt(a * a + 4 * b * kl_tol))                          # root of b u^2 + a u = kl_tol, u = 1/sigma^2
     return dict(sigma_data=sd, sigma_min=0.1 * nn_d.median().item(), sigma_max=1 / math.sqrt(u), rho=7.,

@@ -1,11 +1,23 @@
 "The acceptance bars of each method's `cpu` preset on GPM's 5 Gaussians (minutes each: the slow part of the suite)."
-import pytest
-from gpm_nb.cli import train
+import numpy as np, pytest, torch
+from gpm_nb.cli import train, sample_run
+from gpm_nb.data import gaussians5
+from gpm_nb.metrics import energy_distance, metric_floor
 
-BARS = {'discr_flow': 0.95, 'gan': 0.95}   # share of samples within 3 std of a mode (see 16_gpm on the cpu presets)
+# share of samples within 3 std of a mode, and the energy-distance bar: an absolute value (the discriminator
+# methods, issue "one field protocol") or a multiple of the real-vs-real floor (the score methods, issue "scores")
+BARS = {'discr_flow': (0.95, 0.02, None), 'gan': (0.95, 0.02, None),
+        'edm': (0.95, None, 3.), 'sd_flow': (0.95, None, 3.), 'score_gan': (0.95, None, 3.)}
 
 @pytest.mark.parametrize('method', sorted(BARS))
 def test_cpu_preset_reaches_its_bar_on_gaussians5(method, tmp_path):
     m = train(method, 'gaussians5', 'cpu', out=tmp_path/method, quiet=True)
     assert 'diverged' not in m, m['diverged']
-    assert m['high_quality'] >= BARS[method] and m['modes_covered'] == 5 and m['energy'] <= 0.02, m
+    hq, energy, x_floor = BARS[method]
+    assert m['high_quality'] >= hq and m['modes_covered'] == 5, m
+    if energy is not None: assert m['energy'] <= energy, m
+    else:   # one pair of 5000-sample sets is noisy (two real sets differ by 0.0008 to 0.0025): average 4 fresh draws of the run
+        torch.manual_seed(0); p = gaussians5()
+        e = np.mean([energy_distance(sample_run(tmp_path/method, 5000), p.sample(5000, 'cpu')) for _ in range(4)])
+        floor = metric_floor(energy_distance, lambda n: p.sample(n, 'cpu'), 5000, repeats=10)
+        assert e <= x_floor * floor, (e, floor, m)

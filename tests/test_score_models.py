@@ -1,0 +1,172 @@
+"Score fields in the particle-model shape: the learned denoiser field, kernel and score-difference fields, diffusion and score-driven generators, teachers, and the CLI's score methods."
+import json, math
+from dataclasses import replace, asdict
+import numpy as np, pytest, torch
+from gpm_nb.core import seed_everything
+from gpm_nb.data import gaussians5, get_dataset
+from gpm_nb.nets import MLP
+from gpm_nb.scores import Denoiser, mixture_denoiser, edm_loss, SAMPLERS
+from gpm_nb.gpm import METHODS, RunConfig
+from gpm_nb.train import Trainer, save_checkpoint, load_checkpoint
+from gpm_nb.score_models import (DenoiserField, KernelField, ScoreDifferenceField, ScoreGenerator, Diffusion, EDMConfig,
+                                 SDFlowConfig, ScoreGANConfig, draw_sigmas, edm, sd_flow, score_gan, resolve_noise,
+                                 resolve_score_gan, EDM_PRESETS, SCORE_GAN_PRESETS)
+from gpm_nb.cli import train, sample_run, gpm_train, gpm_sample
+
+def cli(capsys, fn, *args):
+    try: fn([str(a) for a in args]); code = 0
+    except SystemExit as e: code = e.code
+    cap = capsys.readouterr()
+    return code, cap.out + cap.err
+
+class Exact(torch.nn.Module):
+    "An exact mixture denoiser in the field shape."
+    def __init__(self, mix): super().__init__(); self.denoiser = mixture_denoiser(mix)
+
+def test_denoiser_field_learns_and_its_velocity_is_the_ode():
+    seed_everything(0); p = gaussians5()
+    f = DenoiserField(Denoiser(MLP(2, 2, 64, 2, 32), 0.5), lr=1e-3)
+    x = p.sample(2000, 'cpu')
+    gen = torch.Generator().manual_seed(0)
+    before = edm_loss(f.denoiser, x, generator=gen).item()
+    for _ in range(300): out = f.fit_step(p.sample(256, 'cpu'))
+    after = edm_loss(f.denoiser, x, generator=torch.Generator().manual_seed(0)).item()
+    assert set(out) == {'field_loss'} and after < 0.7 * before
+    s = torch.full((5,), 0.8)
+    assert torch.allclose(f(x[:5], s), (x[:5] - f.denoiser(x[:5], s)) / 0.8, atol=1e-6)
+    assert f.time == 'sigma' and set(f.optimizers()) == {'field'}
+    with pytest.raises(ValueError, match='P_std'): DenoiserField(Denoiser(MLP(2, 2, 8, 1, 8)), P_std=-1.)
+
+def test_score_difference_is_sigma2_times_the_exact_score_difference():
+    p, q = gaussians5(), gaussians5(); q.means = q.means * 0.5
+    x, s = 2 * torch.randn(300, 2, dtype=torch.float64), torch.rand(300, dtype=torch.float64) + 0.3
+    sd = ScoreDifferenceField(Exact(p), Exact(q), eta=2., fit_p=False)
+    for i in (0, 17, 299):
+        ref = s[i]**2 * (p.noised(s[i].item()).score(x[i:i+1]) - q.noised(s[i].item()).score(x[i:i+1]))
+        assert torch.allclose(sd(x[i:i+1], s[i:i+1]), 2 * ref, atol=1e-9)
+
+def test_kernel_field_remembers_and_refuses_before_fitting():
+    k = KernelField()
+    with pytest.raises(RuntimeError, match='fit_step'): k(torch.zeros(3, 2), torch.ones(3))
+    y = torch.randn(50, 2); assert k.fit_step(y) == {} and k.optimizers() == {}
+    assert torch.equal(k.y, y) and not k.y.requires_grad
+    # at tiny sigma the kernel denoiser returns the nearest sample
+    assert torch.allclose(k.denoiser(y[:4] + 1e-4, torch.full((4,), 1e-3)), y[:4], atol=1e-3)
+
+def test_draw_sigmas_range_and_bad_input():
+    s = draw_sigmas(10_000, 0.1, 10.)
+    assert s.min() >= 0.1 and s.max() <= 10. and s.median() < 3
+    for lo, hi in ((0., 1.), (2., 1.), (1., math.inf)):
+        with pytest.raises(ValueError, match='sigma_min < sigma_max'): draw_sigmas(3, lo, hi)
+
+def test_score_gan_teacher_phase_then_fake_starts_as_a_copy():
+    seed_everything(0); p = gaussians5()
+    cfg = replace(SCORE_GAN_PRESETS['quick'][1], teacher_steps=5)
+    m = score_gan(p, cfg, RunConfig(batch_size=32), device='cpu')
+    assert set(m.optimizers()) == {'data_denoiser', 'fake_denoiser', 'generator'}
+    g0 = {k: v.clone() for k, v in m.generator.state_dict().items()}
+    for _ in range(5): out = m.train_step()
+    assert set(out) == {'data_denoiser_loss'} and all(torch.equal(g0[k], v) for k, v in m.generator.state_dict().items())
+    assert all(torch.equal(a, b) for a, b in zip(m.field.p.parameters(), m.field.q.parameters()))
+    pd = [t.clone() for t in m.field.p.parameters()]
+    out = m.train_step()
+    assert {'fake_denoiser_loss', 'g_loss', 'speed'} <= set(out) and m.it.item() == 6
+    assert all(torch.equal(a, b) for a, b in zip(pd, m.field.p.parameters()))         # the data denoiser is fixed now
+    assert not all(torch.equal(a, b) for a, b in zip(pd, m.field.q.parameters()))
+
+def test_sd_flow_field_has_no_parameters_of_its_own():
+    m = sd_flow(gaussians5(), SDFlowConfig(latent=4, g_width=16, g_depth=1), RunConfig(batch_size=16), device='cpu')
+    assert set(m.optimizers()) == {'generator'} and list(m.field.parameters()) == []
+    out = m.train_step(); assert set(out) == {'g_loss', 'speed'} and math.isfinite(out['g_loss'])
+    with pytest.raises(ValueError, match='do not apply'): m.sample(4, sampler='heun')
+
+def test_edm_noise_range_resolved_from_the_data():
+    p = gaussians5()
+    cfg = resolve_noise(p, EDMConfig(sigma_min=0., sigma_max=0.))
+    assert 0 < cfg.sigma_min < 0.1 < 3 < cfg.sigma_max < 40
+    assert resolve_noise(p, EDMConfig()) == EDMConfig()                        # explicit values are kept
+    big = type('Scaled', (), {'sample': lambda self, n, device=None: 100 * p.sample(n, device)})()
+    cfg_big = resolve_noise(big, EDMConfig(sigma_min=0., sigma_max=0.))
+    assert cfg_big.sigma_max == pytest.approx(100 * cfg.sigma_max, rel=0.2)      # scales with the data
+    with pytest.raises(ValueError, match='resolve them'): edm(p, EDMConfig(sigma_max=0.))
+    for bad in (dict(sigma_min=2., sigma_max=1.), dict(sigma_min=-1.), dict(sampler='rk4'), dict(sample_steps=0)):
+        with pytest.raises(ValueError): EDMConfig(**bad)
+
+def test_diffusion_samples_with_every_sampler():
+    seed_everything(0); p = gaussians5()
+    run, cfg = EDM_PRESETS['quick']
+    m = edm(p, resolve_noise(p, cfg), run, device='cpu')
+    for _ in range(3): m.train_step()
+    for s in SAMPLERS:
+        x = m.sample(7, steps=4, sampler=s); assert x.shape == (7, 2) and torch.isfinite(x).all()
+    assert m.sample(3).shape == (3, 2)
+    with pytest.raises(ValueError, match="unknown sampler"): m.sample(3, sampler='rk4')
+    with pytest.raises(ValueError, match='must be >= 1'): m.sample(0)
+
+# ---------------------------------------------------------------- the CLI
+
+SCORE_METHODS = ['edm', 'sd_flow', 'score_gan']
+
+@pytest.mark.parametrize('method', SCORE_METHODS)
+def test_score_methods_train_resume_and_sample(tmp_path, method):
+    out = tmp_path/'r'
+    m = train(method, 'gaussians5', 'quick', out=out, quiet=True, steps=20)
+    assert m['step'] == 20 and np.isfinite(m['energy'])
+    cfg = json.loads((out/'config.json').read_text())
+    if method == 'edm': assert cfg['cfg']['sigma_min'] > 0 and cfg['cfg']['sigma_max'] > 0   # resolved and recorded
+    m2 = train(method, 'gaussians5', 'quick', out=out, quiet=True, steps=30, resume=True)
+    assert m2['step'] == 30
+    assert sample_run(out, 9).shape == (9, 2)
+
+def test_gpm_sample_sampler_choice(tmp_path, capsys):
+    train('edm', 'gaussians5', 'quick', out=tmp_path/'e', quiet=True, steps=5)
+    train('gan', 'gaussians5', 'quick', out=tmp_path/'g', quiet=True, steps=5)
+    code, msg = cli(capsys, gpm_sample, tmp_path/'e', '--n', 10, '--sampler', 'euler', '--steps', 4, '--out', tmp_path/'x.npy')
+    assert code == 0 and np.load(tmp_path/'x.npy').shape == (10, 2), msg
+    code, msg = cli(capsys, gpm_sample, tmp_path/'e', '--sampler', 'rk4', '--out', tmp_path/'x.npy')
+    assert code == 2 and "unknown sampler 'rk4'" in msg and 'Traceback' not in msg
+    code, msg = cli(capsys, gpm_sample, tmp_path/'g', '--sampler', 'heun', '--out', tmp_path/'x.npy')
+    assert code == 2 and 'no sampler choice' in msg
+
+@pytest.mark.parametrize('args, words', [
+    (['--method', 'edm', '--sigma_min', '2', '--sigma_max', '1'], ['sigma_min < sigma_max']),
+    (['--method', 'edm', '--sigma_data', '0'], ['sigma_data must be > 0']),
+    (['--method', 'edm', '--sampler', 'rk4'], ["unknown sampler 'rk4'", 'dpmpp_2m']),
+    (['--method', 'sd_flow', '--push_sigma_min', '-1'], ['push_sigma_min must be > 0']),
+    (['--method', 'score_gan', '--n_fake', '0'], ['n_fake must be >= 1']),
+])
+def test_bad_score_configs_exit_2(capsys, tmp_path, args, words):
+    code, msg = cli(capsys, gpm_train, *args, '--preset', 'quick', '--out', tmp_path/'r')
+    assert code == 2 and all(w in msg for w in words) and 'Traceback' not in msg, msg
+
+def test_score_gan_from_a_saved_edm_run(tmp_path, capsys):
+    train('edm', 'gaussians5', 'quick', out=tmp_path/'edm', quiet=True, steps=10, width=32)
+    train('gan', 'gaussians5', 'quick', out=tmp_path/'gan', quiet=True, steps=5)
+    code, msg = cli(capsys, gpm_train, '--method', 'score_gan', '--preset', 'quick', '--teacher', tmp_path/'edm',
+                    '--steps', 10, '--out', tmp_path/'sg', '--quiet')
+    assert code == 0, msg
+    cfg = json.loads((tmp_path/'sg'/'config.json').read_text())['cfg']
+    assert cfg['teacher_steps'] == 0 and cfg['width'] == 32                       # the teacher's architecture, no teacher phase
+    teacher = torch.load(tmp_path/'edm'/'checkpoint.pt', weights_only=True)['model']
+    log = [json.loads(l) for l in (tmp_path/'sg'/'train_log.jsonl').read_text().splitlines()]
+    assert 'g_loss' in log[0] and log[0]['step'] == 10                              # the generator trains from the first step
+    sg = torch.load(tmp_path/'sg'/'checkpoint.pt', weights_only=True)['model']
+    k = next(k for k in teacher if k.startswith('field.denoiser.'))
+    pre = 'field_ema.avg.denoiser.' if any(t.startswith('field_ema.') for t in teacher) else 'field.denoiser.'
+    assert torch.equal(sg['field.p.denoiser.' + k[len('field.denoiser.'):]], teacher[pre + k[len('field.denoiser.'):]])
+    for bad, words in ((tmp_path/'gan', 'holds a gan run'), (tmp_path/'none', 'no checkpoint at')):
+        code, msg = cli(capsys, gpm_train, '--method', 'score_gan', '--preset', 'quick', '--teacher', bad, '--out', tmp_path/'x')
+        assert code == 2 and words in msg and 'Traceback' not in msg, msg
+    code, msg = cli(capsys, gpm_train, '--method', 'score_gan', '--preset', 'quick', '--teacher', tmp_path/'edm',
+                    '--data', 'digits', '--out', tmp_path/'y')
+    assert code == 2 and 'shape' in msg, msg
+
+def test_help_lists_score_methods_and_samplers(capsys):
+    code, msg = cli(capsys, gpm_train, '--help')
+    assert code == 0 and all(w in msg for w in ('edm', 'sd_flow', 'score_gan', 'dpmpp_2m', 'teacher_steps', 'push_sigma_min'))
+
+@pytest.mark.parametrize('method', SCORE_METHODS)
+def test_score_methods_on_digits(tmp_path, method):
+    m = train(method, 'digits', 'quick', out=tmp_path/'d', quiet=True, steps=5, n_samples=64)
+    s = np.load(tmp_path/'d'/'samples.npy')
+    assert s.shape == (64, 1, 8, 8) and np.isfinite(s).all() and 'fd' in m
