@@ -16,7 +16,7 @@ from .integrate import Field
 from .scores import Denoiser, edm_loss, to_d, get_sigmas_karras, get_sampler, SAMPLERS, edm_defaults
 from .sdflow import kernel_denoiser
 from .train import EMA, read_checkpoint
-from .gpm import (FreeParticles, GaussianPrior, Generator, Recipe, RunConfig, Method, register, push_loss, _check,
+from .gpm import (FreeParticles, GaussianPrior, Generator, GAN, Recipe, RunConfig, Method, register, push_loss, _check,
                         positive, nonneg, _net_kind, GANConfig, generator_net)
 
 # %% auto #0
@@ -185,10 +185,8 @@ def train_step(self:ScoreGenerator) -> dict:
 @torch.no_grad()
 def sample(self:ScoreGenerator, n:int, steps:int|None=None, sampler:str|None=None, ema:bool=True, chunk:int=4096):
     "`n` samples g(z): one network evaluation each."
-    if n < 1: raise ValueError(f"n must be >= 1, got {n}")
     if steps is not None or sampler is not None: raise ValueError("a generator samples in one evaluation: steps and sampler do not apply")
-    net = self.generator_ema.avg if ema and self.generator_ema is not None else self.generator.net
-    return torch.cat([net(self.generator.prior.sample(min(chunk, n - i), self.device)) for i in range(0, n, chunk)])
+    return GAN.sample(self, n, ema=ema, chunk=chunk)   # the GAN's sampling: the same generator and average
 
 # %% ../nbs/17_score_models.ipynb #0535cbaa
 def _teacher_config(path) -> tuple:
