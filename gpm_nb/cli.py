@@ -5,7 +5,7 @@
 # %% ../nbs/20_cli.ipynb #ed106a2c
 from __future__ import annotations
 import argparse, inspect, json, math, sys, time
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 import numpy as np
 import torch
@@ -13,7 +13,7 @@ from .core import default_device, seed_everything, fork_rng, PRESETS, import_tor
 from .data import get_dataset, dataset_names
 from .metrics import energy_distance, metric_floor
 from .train import (Trainer, Callback, LogCB, ProgressCB, EvalCB, CheckpointCB, read_checkpoint, load_checkpoint,
-                          NonFiniteLossError)
+                          NonFiniteLossError, init_distributed, dist_info, rank_seed)
 from .gpm import METHODS, get_method, RunConfig, override, evaluate, schedule_cbs
 from .monoflow import GAN_LOSSES
 from .scores import SAMPLERS
@@ -59,15 +59,19 @@ def run_configs(method:str, preset:str, **overrides) -> tuple:
     return override(m.presets[preset], **overrides)
 
 def make_run(method:str, data:str, preset:str, device=None, image_size:int|None=None, **overrides) -> dict:
-    "Validate every choice, seed, build the model; return dict(config, model, data, std, run, cfg)."
+    "Validate every choice, seed, build the model (its share of the batch when it is one of several processes); return dict(config, model, data, std, run, cfg)."
     run, cfg = run_configs(method, preset, **overrides)
     ds = get_dataset(data, image_size=image_size)
     std = standardize(ds) if data not in dataset_names() else None   # built-in data come in their own scale
     m = get_method(method)
+    rank, world = dist_info()
+    if run.batch_size % world:
+        raise ValueError(f"batch_size {run.batch_size} is not a multiple of the {world} processes: each draws batch_size / {world} per step")
     seed_everything(run.seed)
     if m.resolve: cfg = m.resolve(std or ds, cfg)       # what the data decide (e.g. EDM's noise range), recorded in config.json
     seed_everything(run.seed)
-    model = m.build(std or ds, cfg, run, device=device)
+    model = m.build(std or ds, cfg, replace(run, batch_size=run.batch_size // world), device=device)
+    if rank: seed_everything(rank_seed(run.seed, rank))   # the same weights everywhere, different data and particles per process
     config = dict(method=method, data=data, image_size=image_size, preset=preset, shape=list(model.shape), run=asdict(run), cfg=asdict(cfg),
                   standardize=None if std is None else dict(mean=std.mean.tolist(), scale=std.scale.tolist()))
     return dict(config=config, model=model, data=ds, std=std, run=run, cfg=cfg)
@@ -150,7 +154,8 @@ def _check_resume(out:Path, config:dict) -> bool:
 
 # %% ../nbs/20_cli.ipynb #bd720ba6
 def _finish(out:Path, model, config:dict, data, step:int, secs:float, n:int, failure:str|None=None) -> dict:
-    "Draw `n` samples, evaluate them, write samples.npy, samples.png and metrics.json; return the metrics."
+    "Draw `n` samples, evaluate them, write samples.npy, samples.png and metrics.json; return the metrics (rank 0; the other processes return the step)."
+    if dist_info()[0]: return dict(step=step)
     x = draw(model, config, n)
     metrics = dict(step=step, train_seconds=round(secs, 1), n_samples=len(x), **evaluate(x, data))
     if config['data'] == 'digits':   # the digits yardstick of 06_yardstick, on samples clamped to the pixel range like the picture
@@ -165,28 +170,31 @@ def _finish(out:Path, model, config:dict, data, step:int, secs:float, n:int, fai
 def train(method:str='discr_flow', data:str='gaussians5', preset:str='cpu', out:str|Path|None=None,
           resume:bool=False, n_samples:int|None=None, quiet:bool=False, device=None, image_size:int|None=None, **overrides) -> dict:
     "Train `method` on `data` with `preset` (and config `overrides`) into folder `out` (default runs/METHOD_DATA); return the final metrics."
+    rank, world = init_distributed()
     r = make_run(method, data, preset, device=device, image_size=image_size, **overrides)
     model, config, run = r['model'], r['config'], r['run']
     out = Path(out or f"runs/{method}_{Path(data).stem}"); ckpt = out/'checkpoint.pt'
     if ckpt.exists() and not resume:
         raise ValueError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
     if resume and not ckpt.exists(): raise ValueError(f"--resume: no checkpoint in {out}; train first without --resume")
-    if not resume or _check_resume(out, config):
+    if (not resume or _check_resume(out, config)) and rank == 0:
         out.mkdir(parents=True, exist_ok=True); (out/'config.json').write_text(json.dumps(config, indent=1))
     def score(m):
         return {k: v for k, v in evaluate(draw(m, config, run.n_eval), r['data'], floors=False).items() if isinstance(v, (int, float))}
     with fork_rng(run.seed + 1): floor = metric_floor(energy_distance, lambda n: r['data'].sample(n, 'cpu').flatten(1), run.n_eval)
-    cbs = [LogCB(out/'train_log.jsonl', every=10), EvalCB(score, run.eval_every, seed=run.seed + 1), DivergenceCB(floor),
-           *schedule_cbs(run), CheckpointCB(ckpt, every=run.eval_every, config=config)]
-    if not quiet: cbs.append(ProgressCB(max(run.steps // 20, 1)))
+    cbs = [EvalCB(score, run.eval_every, seed=run.seed + 1), DivergenceCB(floor), *schedule_cbs(run),
+           CheckpointCB(ckpt, every=run.eval_every, config=config)]   # every process evaluates the same weights alike and stops alike
+    if rank == 0: cbs.append(LogCB(out/'train_log.jsonl', every=10))
+    if rank == 0 and not quiet: cbs.append(ProgressCB(max(run.steps // 20, 1)))
     tr = Trainer(model, cbs)
     if resume: tr.resume(ckpt)
     t0 = time.perf_counter()
     try: tr.fit(run.steps)
     except (DivergedError, NonFiniteLossError) as e:
-        with open(out/'train_log.jsonl', 'a') as f: f.write(json.dumps(dict(step=tr.step, diverged=str(e))) + '\n')
+        if rank == 0:
+            with open(out/'train_log.jsonl', 'a') as f: f.write(json.dumps(dict(step=tr.step, diverged=str(e))) + '\n')
+            (out/'metrics.json').write_text(json.dumps(dict(step=tr.step, diverged=str(e)), indent=1))
         if tr.last_checkpoint: load_checkpoint(ckpt, model, restore_rng=False)
-        (out/'metrics.json').write_text(json.dumps(dict(step=tr.step, diverged=str(e)), indent=1))
         if tr.last_checkpoint: _finish(out, model, config, r['data'], tr.last_checkpoint[1], time.perf_counter() - t0,
                                        n_samples or run.n_eval, failure=str(e))
         raise
@@ -241,7 +249,7 @@ def gpm_train(argv:list|None=None):
     try: m = train(a.method, a.data, a.preset, a.out, a.resume, a.n_samples, a.quiet, image_size=a.image_size, **kw)
     except (ValueError, FileNotFoundError) as e: _fail('gpm_train', str(e))
     except (NonFiniteLossError, DivergedError) as e: _fail('gpm_train', str(e), 1)
-    print(json.dumps({k: v for k, v in m.items() if not isinstance(v, list)}, indent=1))
+    if dist_info()[0] == 0: print(json.dumps({k: v for k, v in m.items() if not isinstance(v, list)}, indent=1))
 
 # %% ../nbs/20_cli.ipynb #b1647e35
 def sample_run(run:str|Path, n:int, steps:int|None=None, device=None, sampler:str|None=None):

@@ -4,17 +4,86 @@
 
 # %% ../nbs/04_train.ipynb #591ce9fa
 from __future__ import annotations
-import copy, json, math, os, sys, time
+import atexit, copy, gc, json, math, os, sys, time
+from datetime import timedelta
 from pathlib import Path
 from typing import Callable
 import torch
-from torch import nn
+from torch import nn, Tensor
+import torch.distributed as dist
 from fastcore.basics import patch
-from .core import rng_state, set_rng_state, fork_rng
+from .core import rng_state, set_rng_state, fork_rng, seed_everything
 
 # %% auto #0
-__all__ = ['CKPT_FORMAT', 'save_checkpoint', 'CheckpointError', 'read_checkpoint', 'load_checkpoint', 'Callback',
-           'NonFiniteLossError', 'Trainer', 'LogCB', 'EvalCB', 'CheckpointCB', 'ProgressCB', 'LinearDecayCB', 'EMA']
+__all__ = ['DIST_TIMEOUT_ENV', 'CKPT_FORMAT', 'dist_info', 'init_distributed', 'close_distributed', 'all_mean_', 'broadcast_',
+           'average_gradients', 'mean_losses', 'rank_seed', 'save_checkpoint', 'CheckpointError', 'read_checkpoint',
+           'load_checkpoint', 'Callback', 'NonFiniteLossError', 'Trainer', 'LogCB', 'EvalCB', 'CheckpointCB',
+           'ProgressCB', 'LinearDecayCB', 'EMA']
+
+# %% ../nbs/04_train.ipynb #c6e355d7
+def dist_info() -> tuple[int, int]:
+    "(rank, world size) of this process: (0, 1) unless it is one of several in a running process group."
+    if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+# %% ../nbs/04_train.ipynb #8c45043f
+DIST_TIMEOUT_ENV = 'GPM_DIST_TIMEOUT'
+
+def init_distributed(timeout:float|None=None) -> tuple[int, int]: # seconds a collective waits for a silent process (default: $GPM_DIST_TIMEOUT or 600)
+    "Join the process group that `torchrun` describes in the environment (WORLD_SIZE > 1): NCCL with one GPU per process, else Gloo. Return (rank, world size); (0, 1) without torchrun."
+    world = int(os.environ.get('WORLD_SIZE', '1'))
+    if world <= 1 or dist.is_initialized(): return dist_info()
+    timeout = float(timeout or os.environ.get(DIST_TIMEOUT_ENV, 600))
+    if not timeout > 0: raise ValueError(f"the process-group timeout must be > 0 seconds, got {timeout}")
+    if torch.cuda.is_available(): torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', '0')))
+    dist.init_process_group('nccl' if torch.cuda.is_available() else 'gloo', timeout=timedelta(seconds=timeout))
+    atexit.register(close_distributed)
+    return dist_info()
+
+def close_distributed():
+    "Leave the process group (at exit, registered by `init_distributed`): destroy it and collect what still refers to it."
+    if not dist.is_initialized(): return
+    dist.destroy_process_group()
+    gc.collect()   # Gloo's threads must not outlive the interpreter: a process group still referenced at exit aborts the process
+
+# %% ../nbs/04_train.ipynb #7a830234
+def _by_dtype(ts:list[Tensor]) -> list[list[Tensor]]:
+    groups = {}
+    for t in ts: groups.setdefault((t.dtype, t.device), []).append(t)
+    return list(groups.values())
+
+def all_mean_(ts:list[Tensor]) -> list[Tensor]:
+    "Replace each tensor of `ts` (floating point) by its mean over the processes, in place, one collective per dtype."
+    _, world = dist_info()
+    if world == 1: return ts
+    for g in _by_dtype(ts):
+        flat = torch.cat([t.detach().reshape(-1) for t in g]); dist.all_reduce(flat); flat /= world
+        for t, f in zip(g, flat.split([t.numel() for t in g])): t.detach().copy_(f.view_as(t))
+    return ts
+
+def broadcast_(ts:list[Tensor], src:int=0) -> list[Tensor]:
+    "Replace each tensor of `ts` by rank `src`'s, in place, one collective per dtype."
+    if dist_info()[1] == 1: return ts
+    for g in _by_dtype(ts):
+        flat = torch.cat([t.detach().reshape(-1) for t in g]); dist.broadcast(flat, src)
+        for t, f in zip(g, flat.split([t.numel() for t in g])): t.detach().copy_(f.view_as(t))
+    return ts
+
+# %% ../nbs/04_train.ipynb #52fdb6dc
+def average_gradients(opt:torch.optim.Optimizer, *_) -> None:
+    "Optimiser step pre-hook: each gradient of `opt`'s parameters becomes its mean over the processes."
+    all_mean_([p.grad for g in opt.param_groups for p in g['params'] if p.grad is not None])
+
+def mean_losses(losses:dict) -> dict:
+    "The losses of one step averaged over the processes (the same dict in one process)."
+    if dist_info()[1] == 1 or not losses: return losses
+    v = torch.tensor([float(x) for x in losses.values()], dtype=torch.float64,
+                     device='cuda' if dist.get_backend() == 'nccl' else 'cpu')
+    return dict(zip(losses, all_mean_([v])[0].tolist()))
+
+def rank_seed(seed:int, rank:int) -> int:
+    "The seed of process `rank`'s random draws: `seed` itself on rank 0, so that rank 0 draws what one process draws."
+    return seed if rank == 0 else (seed + 1_000_003 * rank) % 2**63
 
 # %% ../nbs/04_train.ipynb #b99f1e32
 CKPT_FORMAT = 'gpm_nb.checkpoint/1'
@@ -23,15 +92,22 @@ def save_checkpoint(path:str|Path, # file to write (its folder is created)
                     model:nn.Module, # the model; its `optimizers()` are saved too
                     step:int, # number of training steps done
                     **extra): # more entries (plain values or tensors), e.g. `config=...`
-    "Write a checkpoint atomically: a temporary file in the same folder, then a rename."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    opts = model.optimizers() if hasattr(model, 'optimizers') else {}
-    ckpt = dict(format=CKPT_FORMAT, step=step, model=model.state_dict(),
-                optimizers={k: o.state_dict() for k, o in opts.items()}, rng=rng_state(), extra=extra)
-    tmp = path.with_name(f'.{path.name}.tmp')
-    with open(tmp, 'wb') as f:
-        torch.save(ckpt, f); f.flush(); os.fsync(f.fileno())
-    os.replace(tmp, path)
+    "Write a checkpoint atomically: a temporary file in the same folder, then a rename. With several processes every one calls it, rank 0 writes it."
+    rank, world = dist_info()
+    rngs = [None] * world
+    if world > 1: dist.all_gather_object(rngs, rng_state())   # each process resumes its own random stream
+    path = Path(path)
+    if rank == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        opts = model.optimizers() if hasattr(model, 'optimizers') else {}
+        ckpt = dict(format=CKPT_FORMAT, step=step, model=model.state_dict(),
+                    optimizers={k: o.state_dict() for k, o in opts.items()}, rng=rng_state(), extra=extra)
+        if world > 1: ckpt['rng_ranks'] = rngs
+        tmp = path.with_name(f'.{path.name}.tmp')
+        with open(tmp, 'wb') as f:
+            torch.save(ckpt, f); f.flush(); os.fsync(f.fileno())
+        os.replace(tmp, path)
+    if world > 1: dist.barrier()   # nobody reads the file before it is complete
     return path
 
 # %% ../nbs/04_train.ipynb #702d2c3c
@@ -55,7 +131,7 @@ def read_checkpoint(path:str|Path) -> dict:
 def load_checkpoint(path:str|Path, # checkpoint file
                     model:nn.Module, # model to restore, built with the same config
                     restore_rng:bool=True): # also restore the random-number generators (for resuming)
-    "Restore `model`, its optimisers and the RNGs from `path`; return the checkpoint dict (its `step`, `extra`)."
+    "Restore `model`, its optimisers and the RNGs (this process's) from `path`; return the checkpoint dict (its `step`, `extra`)."
     ckpt = read_checkpoint(path)
     try: model.load_state_dict(ckpt['model'])
     except RuntimeError as e:
@@ -65,7 +141,13 @@ def load_checkpoint(path:str|Path, # checkpoint file
     if set(opts) != set(ckpt['optimizers']):
         raise CheckpointError(f"{path} holds optimisers {sorted(ckpt['optimizers'])}, the model has {sorted(opts)}")
     for k, o in opts.items(): o.load_state_dict(ckpt['optimizers'][k])
-    if restore_rng: set_rng_state(ckpt['rng'])
+    if restore_rng:
+        rank, world = dist_info()
+        rngs = ckpt.get('rng_ranks') or [ckpt['rng']]
+        if len(rngs) == world: set_rng_state(rngs[rank])
+        else:   # resumed on another number of processes: rank 0 continues the saved stream, the others start fresh ones
+            set_rng_state(ckpt['rng'])
+            if rank: seed_everything(rank_seed(ckpt['step'], rank))
     return ckpt
 
 # %% ../nbs/04_train.ipynb #b3666e68
@@ -79,7 +161,7 @@ class NonFiniteLossError(RuntimeError):
 
 # %% ../nbs/04_train.ipynb #b7f5d499
 class Trainer:
-    "Run `model.train_step()` with callbacks; stop on non-finite losses; resume from checkpoints."
+    "Run `model.train_step()` with callbacks; stop on non-finite losses; resume from checkpoints; data-parallel under `torchrun`."
     def __init__(self, model:nn.Module, # has `train_step() -> dict` and `optimizers() -> dict`
                  cbs:list[Callback]=()): # callbacks, run in `order`
         self.model, self.cbs = model, sorted(cbs, key=lambda c: c.order)
@@ -95,15 +177,27 @@ class Trainer:
         "Train until `self.step == n_steps`."
         if n_steps < self.step: raise ValueError(f"n_steps={n_steps} is below the step already reached ({self.step})")
         self.n_steps = n_steps
-        self.model.train(); self('before_fit')
-        while self.step < n_steps:
-            self('before_step')
-            self.losses = self.model.train_step()
-            self.check_finite()
-            self.step += 1
-            self('after_step')
-        self('after_fit')
+        hooks = self.data_parallel()
+        try:
+            self.model.train(); self('before_fit')
+            while self.step < n_steps:
+                self('before_step')
+                self.losses = mean_losses(self.model.train_step())
+                self.check_finite()
+                self.step += 1
+                self('after_step')
+            self('after_fit')
+        finally:
+            for h in hooks: h.remove()
         return self
+
+# %% ../nbs/04_train.ipynb #616c939e
+@patch
+def data_parallel(self:Trainer) -> list:
+    "With several processes: broadcast rank 0's weights and hook `average_gradients` on every optimiser; return the hook handles."
+    if dist_info()[1] == 1: return []
+    with torch.no_grad(): broadcast_([*self.model.parameters(), *self.model.buffers()])
+    return [o.register_step_pre_hook(average_gradients) for o in self.model.optimizers().values()]
 
 # %% ../nbs/04_train.ipynb #e11ff97c
 @patch
