@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse, inspect, json, math, sys, time
 from dataclasses import asdict, fields, replace
 from pathlib import Path
+from typing import Callable
 import numpy as np
 import torch
 from .core import default_device, seed_everything, fork_rng, PRESETS, import_torchvision
@@ -22,7 +23,8 @@ from .yardstick import digits_metrics
 
 # %% auto #0
 __all__ = ['Standardized', 'standardize', 'DataShape', 'preset_names', 'run_configs', 'make_run', 'draw', 'plot_samples',
-           'DivergedError', 'DivergenceCB', 'train', 'gpm_train', 'sample_run', 'gpm_sample', 'bench', 'gpm_bench']
+           'DivergedError', 'DivergenceCB', 'train', 'gpm_train', 'sample_run', 'gpm_sample', 'count_nfe', 'bench',
+           'profile_ops', 'gpm_bench']
 
 # %% ../nbs/20_cli.ipynb #aa63d969
 class Standardized:
@@ -286,9 +288,24 @@ def _peak_mem_mb(device) -> float:
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
+def count_nfe(model:torch.nn.Module, # the trained model: its networks are its submodules
+              fn:Callable): # draws samples, e.g. `lambda: model.sample(256)`
+    "`fn()`'s samples and the network evaluations each sample took: the outermost calls of `model`'s submodules, weighted by their batch size."
+    depth, seen = [0], [0]
+    def pre(m, args):
+        if depth[0] == 0 and args and torch.is_tensor(args[0]): seen[0] += len(args[0])
+        depth[0] += 1
+    def post(m, args, out): depth[0] -= 1
+    hooks = [h for m in model.modules() if m is not model for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
+    try: x = fn()
+    finally:
+        for h in hooks: h.remove()
+    return x, seen[0] / len(x)
+
+# %% ../nbs/20_cli.ipynb #283c0ccd
 def bench(method:str='discr_flow', data:str='gaussians5', preset:str='gpu', iters:int=50, n_samples:int=10_000,
-          device=None, **overrides) -> dict:
-    "Time `iters` training iterations and drawing `n_samples` (with config `overrides`); report peak memory."
+          device=None, profile:int=0, **overrides) -> dict:
+    "Time `iters` training iterations and drawing `n_samples` (with config `overrides`); report NFE, peak memory and, with `profile` > 0, that many top operators."
     device = device or default_device()
     model = make_run(method, data, preset, device=device, **overrides)['model']
     sync = torch.cuda.synchronize if torch.device(device).type == 'cuda' else (lambda: None)
@@ -297,19 +314,42 @@ def bench(method:str='discr_flow', data:str='gaussians5', preset:str='gpu', iter
     t0 = time.perf_counter()
     for _ in range(iters): model.train_step()
     sync(); its = iters / (time.perf_counter() - t0)
+    model.eval()
+    _, nfe = count_nfe(model, lambda: model.sample(min(n_samples, 256)))
     t0 = time.perf_counter(); x = model.sample(n_samples); sync(); t_sample = time.perf_counter() - t0
-    return dict(method=method, preset=preset, **overrides, device=str(device), threads=torch.get_num_threads(),
-                train_it_per_s=round(its, 3), sample_seconds=round(t_sample, 3), n_samples=len(x),
-                peak_mem_mb=round(_peak_mem_mb(device), 1))
+    out = dict(method=method, preset=preset, **overrides, device=str(device), threads=torch.get_num_threads(),
+               train_it_per_s=round(its, 3), n_samples=len(x), nfe=round(nfe, 2), sample_seconds=round(t_sample, 3),
+               samples_per_s=round(len(x) / t_sample, 1), peak_mem_mb=round(_peak_mem_mb(device), 1))
+    if profile: out['profile'] = profile_ops(model, min(iters, 10), profile)
+    return out
 
+# %% ../nbs/20_cli.ipynb #5d02cb45
+def profile_ops(model, iters:int=10, top:int=15) -> list[dict]:
+    "The `top` operators by self time over `iters` training iterations (torch.profiler; CUDA time on a GPU)."
+    from torch.profiler import profile, ProfilerActivity
+    cuda = torch.cuda.is_available()
+    model.train()
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        for _ in range(iters): model.train_step()
+    key = 'self_device_time_total' if cuda else 'self_cpu_time_total'
+    events = prof.key_averages()
+    total = sum(getattr(e, key) for e in events) or 1
+    return [dict(op=e.key, calls=e.count, ms_per_iter=round(getattr(e, key) / 1e3 / iters, 3), share=round(getattr(e, key) / total, 3))
+            for e in sorted(events, key=lambda e: getattr(e, key), reverse=True)[:top]]
+
+# %% ../nbs/20_cli.ipynb #a44307e4
 def gpm_bench(argv:list|None=None):
-    "Print training iterations/s, peak memory and the time to draw samples."
+    "Print training iterations/s, sampling NFE, samples/s and peak memory (and the top operators with --profile) of a method, or of every method."
     ap = argparse.ArgumentParser('gpm_bench', description=gpm_bench.__doc__, epilog=_registry_help(),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--method', default='discr_flow'); ap.add_argument('--data', default='gaussians5')
+    ap.add_argument('--method', default='discr_flow', help="a registered method, or 'all'")
+    ap.add_argument('--data', default='gaussians5')
     ap.add_argument('--preset', default='gpu', help='gpu = the paper\'s official config')
     ap.add_argument('--iters', type=int, default=50); ap.add_argument('--n_samples', type=int, default=10_000)
+    ap.add_argument('--profile', type=int, default=0, help='print this many top operators of 10 training iterations')
     a, rest = ap.parse_known_args(argv)
     kw = _parse_overrides('gpm_bench', rest)
-    try: print(json.dumps(bench(a.method, a.data, a.preset, a.iters, a.n_samples, **kw), indent=1))
+    methods = list(METHODS) if a.method == 'all' else [a.method]
+    try:
+        for m in methods: print(json.dumps(bench(m, a.data, a.preset, a.iters, a.n_samples, profile=a.profile, **kw), indent=1), flush=True)
     except ValueError as e: _fail('gpm_bench', str(e))
