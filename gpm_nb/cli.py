@@ -19,6 +19,8 @@ from .gpm import METHODS, get_method, RunConfig, override, evaluate, schedule_cb
 from .monoflow import GAN_LOSSES
 from .scores import SAMPLERS
 import gpm_nb.score_models   # registers edm, sd_flow and score_gan
+import gpm_nb.diffflow       # registers diffflow
+import gpm_nb.diffgan        # registers diffusion_gan
 from .yardstick import digits_metrics
 
 # %% auto #0

@@ -6,6 +6,7 @@ import torch
 from gpm_nb.monoflow import (GAN_LOSSES, F_LOSSES, TOY_RATIOS, TOY_OUTCOMES, gan_loss, optimal_logit, monoflow_toy,
                              toy_converged)
 from gpm_nb.gpm import DiscriminatorField, DiscrFlowConfig, GANConfig, override, METHODS
+import gpm_nb.cli   # registers every method (the score, DiffFlow and Diffusion-GAN ones too)
 from gpm_nb.nets import MLP
 
 BIN = Path(sys.executable).parent
@@ -79,7 +80,7 @@ def test_cli_trains_with_every_loss_and_refuses_bad_ones(method, tmp_path):
         assert r.returncode == 0, r.stderr
         cfg = json.loads((tmp_path/loss/'config.json').read_text())
         assert cfg['cfg']['loss'] == loss
-    for bad, msg in [(['--loss', 'wgan'], 'vanilla, logit'), (['--loss', 'hinge', '--shift', '1'], 'has no shift'), (['--gp', '-1'], 'gp must be >= 0')]:
+    for bad, msg in [(['--loss', 'wgan'], 'vanilla, logit'), (['--loss', 'arcsinh', '--shift', '1'], 'has no shift'), (['--gp', '-1'], 'gp must be >= 0')]:
         r = subprocess.run([str(BIN/'gpm_train'), '--method', method, '--data', 'gaussians5', '--preset', 'quick', *bad,
                             '--out', str(tmp_path/'bad')], capture_output=True, text=True)
         assert r.returncode == 2 and msg in r.stderr, r.stderr
