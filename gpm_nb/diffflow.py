@@ -203,9 +203,7 @@ def train_step(self:DiffFlowParticles) -> dict:
     x, out = self.data.sample(n, device=dev), {}
     if f.a_score: out.update(f.score.field.fit_step(x))
     if f.a_ratio:
-        zs = self.particles.trajectory(f, self.particles.prior.sample(n, dev), n_steps=self.K - 1)
-        k = torch.randint(self.K, (n,), device=dev)
-        z, t = zs[k, torch.arange(n, device=dev)], self.particles.grid.to(dev)[k].float()
+        z, t = self.particles.random_states(f, n, dev)
         out.update(f.ratio.fit_step(x + append_dims(self.annealing.sigma(t), x.dim()) * torch.randn_like(x), z, t))
     if self.field_ema is not None: self.field_ema.update(f)
     return out

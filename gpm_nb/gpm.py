@@ -113,6 +113,18 @@ def trajectory(self:FreeParticles, field:Callable, # the field f(x, t) to follow
     if n_steps == 0: return z0[None]
     return integrate(field, z0, grid[:n_steps + 1], self.method, self.g, traj=True)[1]
 
+# %% ../nbs/16_gpm.ipynb #fe0cd6fa
+@patch
+@torch.no_grad()
+def random_states(self:FreeParticles, field:Callable, # the field the particles follow
+                  n:int, # number of particles
+                  device=None) -> tuple: # where they live
+    "(z, t): `n` prior draws taken along `field`, each stopped at its own random step k < N of the grid, and t_k."
+    N = len(self.grid) - 1
+    zs = self.trajectory(field, self.prior.sample(n, device), n_steps=N - 1)
+    k = torch.randint(N, (n,), device=zs.device)
+    return zs[k, torch.arange(n, device=zs.device)], self.grid.to(zs.device)[k].float()
+
 # %% ../nbs/16_gpm.ipynb #293b42cc
 @patch
 @torch.no_grad()
@@ -195,9 +207,7 @@ def train_step(self:DiscrFlow) -> dict:
     "One iteration: simulate the flow, pick a random step per particle, one field update there."
     n, dev = self.batch_size, self.device
     x = self.data.sample(n, device=dev)
-    zs = self.particles.trajectory(self.field, self.particles.prior.sample(n, dev), n_steps=self.K - 1)
-    k = torch.randint(self.K, (n,), device=dev)
-    z, t = zs[k, torch.arange(n, device=dev)], self.particles.grid.to(dev)[k].float()
+    z, t = self.particles.random_states(self.field, n, dev)
     losses = self.field.fit_step(x, z, t)
     if self.field_ema is not None: self.field_ema.update(self.field)
     return losses

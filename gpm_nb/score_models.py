@@ -230,16 +230,16 @@ class DenoiserConfig:
     lr: float = 2e-4           # Adam learning rate
     beta1: float = 0.9         # Adam beta1
     beta2: float = 0.999       # Adam beta2
-    sigma_data: float = 0.5    # data standard deviation in the preconditioning (4) and the loss weight
+    sigma_data: float = 0.5    # data standard deviation in the preconditioning (4) and the loss weight (EDM: 0 = the data's RMS)
     P_mean: float = -1.2       # ln(sigma) ~ N(P_mean, P_std^2) in the loss (5)
     P_std: float = 1.2
     def __post_init__(self):
         _check(self, width=positive, depth=positive, t_emb=(lambda v: v >= 2 and v % 2 == 0, 'even and >= 2'), lr=_pos,
-               beta1=_unit, beta2=_unit, sigma_data=_pos, P_std=nonneg)
+               beta1=_unit, beta2=_unit, sigma_data=nonneg, P_std=nonneg)
 
 @dataclass(frozen=True)
 class EDMConfig(DenoiserConfig):
-    "EDM: a denoiser plus its sampling grid (GPM's official 5-Gaussians baseline by default); sigma_min = sigma_max = 0: from the data."
+    "EDM: a denoiser plus its sampling grid (GPM's official 5-Gaussians baseline by default); sigma_data, sigma_min, sigma_max = 0: from the data."
     sigma_min: float = 0.002   # smallest positive level of the sampling grid (0: from the data)
     sigma_max: float = 40.     # largest level and prior std (0: from the data)
     rho: float = 7.            # Karras grid exponent
@@ -297,15 +297,17 @@ def denoiser_net(shape:tuple, cfg:DenoiserConfig) -> nn.Module:
 
 def denoiser_field(shape:tuple, cfg:DenoiserConfig, name:str='field', lr:float|None=None) -> DenoiserField:
     "A learned score field for samples of `shape` with `cfg`'s network, optimiser (or learning rate `lr`) and loss."
+    if not cfg.sigma_data: raise ValueError("sigma_data must be set: give it, or resolve it from the data with `resolve_noise`")
     return DenoiserField(Denoiser(denoiser_net(shape, cfg), cfg.sigma_data), lr or cfg.lr, (cfg.beta1, cfg.beta2), cfg.P_mean, cfg.P_std, name)
 
 def resolve_noise(data, cfg):
-    "`cfg` with sigma_min, sigma_max given as 0 derived from 2000 samples of `data`: `edm_defaults` with a start error of 1e-3, sigma_min >= 0.02 RMS."
-    if cfg.sigma_min and cfg.sigma_max: return cfg
+    "`cfg` with sigma_data, sigma_min, sigma_max given as 0 derived from 2000 samples of `data` by `edm_defaults` (start error 1e-3): the RMS, >= 0.02 RMS, the start level."
+    if cfg.sigma_data and cfg.sigma_min and cfg.sigma_max: return cfg
     d = edm_defaults(data.sample(2000, device='cpu'), kl_tol=1e-3)
     smin, smax = cfg.sigma_min or max(d['sigma_min'], 0.02 * d['sigma_data']), cfg.sigma_max or d['sigma_max']
     if not smin < smax: raise ValueError(f"sigma_min={smin:g} must be below sigma_max={smax:g}: set both, or neither, from the data")
-    return replace(cfg, sigma_min=float(f"{smin:.4g}"), sigma_max=float(f"{smax:.4g}"))
+    r4 = lambda v: float(f"{v:.4g}")
+    return replace(cfg, sigma_data=r4(cfg.sigma_data or d['sigma_data']), sigma_min=r4(smin), sigma_max=r4(smax))
 
 # %% ../nbs/17_score_models.ipynb #02c06164
 def edm(data, # has `sample(n, device)`
@@ -353,9 +355,9 @@ def resolve_score_gan(data, cfg:ScoreGANConfig) -> ScoreGANConfig:
 EDM_PRESETS = {
     'gpu': (RunConfig(steps=10_000), EDMConfig()),
     'cpu': (RunConfig(steps=20_000, batch_size=512, lr_decay=0.5, eval_every=5000, n_eval=5000),
-            EDMConfig(width=256, depth=3, sigma_min=0., sigma_max=0., sampler='dpmpp_2m', sample_steps=13, ema=0.999)),
+            EDMConfig(width=256, depth=3, sigma_data=0., sigma_min=0., sigma_max=0., sampler='dpmpp_2m', sample_steps=13, ema=0.999)),
     'quick': (RunConfig(steps=300, eval_every=300, n_eval=500),
-              EDMConfig(width=64, depth=2, t_emb=32, lr=1e-3, sigma_min=0., sigma_max=0., sampler='dpmpp_2m', sample_steps=13)),
+              EDMConfig(width=64, depth=2, t_emb=32, lr=1e-3, sigma_data=0., sigma_min=0., sigma_max=0., sampler='dpmpp_2m', sample_steps=13)),
 }
 SD_FLOW_PRESETS = {
     'gpu': (RunConfig(steps=4000, batch_size=512), SDFlowConfig()),

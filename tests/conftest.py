@@ -15,3 +15,17 @@ def root(): return ROOT
 
 @pytest.fixture
 def bin_dir(): return Path(sys.executable).parent
+
+# The longest tests first (the cpu-preset quality bars, longest of all ScoreGAN's; then the notebooks and the
+# multi-process runs), handed out one at a time: pytest -n 2 sends tests in collection order, by default in
+# chunks of a quarter of a worker's share, so long tests collected last (or chunked together) ran on one core
+# while the other idled.
+_FIRST = ('test_quality.py::test_cpu_preset_reaches_its_bar_on_gaussians5[score_gan]', 'test_quality.py',
+          'test_notebooks.py', 'test_ddp.py')
+
+def pytest_collection_modifyitems(config, items):
+    rank = lambda item: next((i for i, key in enumerate(_FIRST) if key in item.nodeid), len(_FIRST))
+    items.sort(key=rank)   # stable: the order within each group stays
+
+def pytest_configure(config):
+    if getattr(config.option, 'maxschedchunk', 0) is None: config.option.maxschedchunk = 1   # pytest-xdist's --maxschedchunk

@@ -82,12 +82,16 @@ def test_sd_flow_field_has_no_parameters_of_its_own():
 
 def test_edm_noise_range_resolved_from_the_data():
     p = gaussians5()
-    cfg = resolve_noise(p, EDMConfig(sigma_min=0., sigma_max=0.))
+    cfg = resolve_noise(p, EDMConfig(sigma_data=0., sigma_min=0., sigma_max=0.))
     assert 0 < cfg.sigma_min < 0.1 < 3 < cfg.sigma_max < 40
+    assert cfg.sigma_data == pytest.approx(p.sample(20_000, 'cpu').pow(2).mean().sqrt().item(), rel=0.05)   # the data's RMS
     assert resolve_noise(p, EDMConfig()) == EDMConfig()                        # explicit values are kept
     big = type('Scaled', (), {'sample': lambda self, n, device=None: 100 * p.sample(n, device)})()
-    cfg_big = resolve_noise(big, EDMConfig(sigma_min=0., sigma_max=0.))
+    cfg_big = resolve_noise(big, EDMConfig(sigma_data=0., sigma_min=0., sigma_max=0.))
     assert cfg_big.sigma_max == pytest.approx(100 * cfg.sigma_max, rel=0.2)      # scales with the data
+    assert cfg_big.sigma_data == pytest.approx(100 * cfg.sigma_data, rel=0.1)
+    assert resolve_noise(p, EDMConfig(sigma_data=0.)).sigma_data == pytest.approx(cfg.sigma_data, rel=0.05)   # each field resolved on its own
+    with pytest.raises(ValueError, match='sigma_data must be set'): edm(p, EDMConfig(sigma_data=0.))
     with pytest.raises(ValueError, match='resolve them'): edm(p, EDMConfig(sigma_max=0.))
     for bad in (dict(sigma_min=2., sigma_max=1.), dict(sigma_min=-1.), dict(sampler='rk4'), dict(sample_steps=0)):
         with pytest.raises(ValueError): EDMConfig(**bad)
@@ -130,7 +134,7 @@ def test_gpm_sample_sampler_choice(tmp_path, capsys):
 
 @pytest.mark.parametrize('args, words', [
     (['--method', 'edm', '--sigma_min', '2', '--sigma_max', '1'], ['sigma_min < sigma_max']),
-    (['--method', 'edm', '--sigma_data', '0'], ['sigma_data must be > 0']),
+    (['--method', 'edm', '--sigma_data', '-1'], ['sigma_data must be >= 0']),
     (['--method', 'edm', '--sampler', 'rk4'], ["unknown sampler 'rk4'", 'dpmpp_2m']),
     (['--method', 'sd_flow', '--push_sigma_min', '-1'], ['push_sigma_min must be > 0']),
     (['--method', 'score_gan', '--n_fake', '0'], ['n_fake must be >= 1']),
