@@ -13,7 +13,7 @@ import torch
 from .core import default_device, seed_everything, fork_rng, PRESETS, import_torchvision
 from .data import get_dataset, dataset_names
 from .metrics import energy_distance, metric_floor
-from .train import (Trainer, Callback, LogCB, ProgressCB, EvalCB, CheckpointCB, read_checkpoint, load_checkpoint,
+from .train import (Trainer, Callback, LogCB, ProgressCB, EvalCB, CheckpointCB, BestCheckpointCB, read_checkpoint, load_checkpoint,
                           NonFiniteLossError, init_distributed, dist_info, rank_seed)
 from .gpm import METHODS, get_method, RunConfig, override, evaluate, schedule_cbs
 from .monoflow import GAN_LOSSES
@@ -24,9 +24,9 @@ import gpm_nb.diffgan        # registers diffusion_gan
 from .yardstick import digits_metrics
 
 # %% auto #0
-__all__ = ['Standardized', 'standardize', 'DataShape', 'preset_names', 'run_configs', 'make_run', 'draw', 'plot_samples',
-           'DivergedError', 'DivergenceCB', 'train', 'gpm_train', 'sample_run', 'gpm_sample', 'count_nfe', 'bench',
-           'profile_ops', 'gpm_bench']
+__all__ = ['CHECKPOINTS', 'Standardized', 'standardize', 'DataShape', 'preset_names', 'run_configs', 'make_run', 'draw',
+           'plot_samples', 'DivergedError', 'DivergenceCB', 'degradation', 'train', 'gpm_train', 'sample_run',
+           'gpm_sample', 'count_nfe', 'bench', 'profile_ops', 'gpm_bench']
 
 # %% ../nbs/20_cli.ipynb #aa63d969
 class Standardized:
@@ -139,6 +139,19 @@ class DivergenceCB(Callback):
                             "or train fewer steps.")
     after_fit = after_step   # the final evaluation too, before the final checkpoint
 
+# %% ../nbs/20_cli.ipynb #28598405
+def degradation(last:dict, # metrics of the last evaluation
+                best:dict|None, # metrics of the best evaluation (with its `step`), or None
+                floor:float, # real-vs-real floor of the energy distance
+                max_best:float=3., max_floor:float=5.) -> str|None:
+    "Why a run that ended with the metrics `last` got worse than its `best` evaluation, or None."
+    if not best or 'energy' not in last: return None
+    e, b = last['energy'], best['energy']
+    if e <= max_best * b or e <= max_floor * floor: return None
+    return (f"the run got worse: its last evaluation's energy distance, {e:.3g} ({e / floor:.0f}x the real-vs-real floor), "
+            f"is {e / b:.1f}x that of its best evaluation ({b:.3g}, step {best['step']}). best.pt keeps that step: draw from it "
+            "with `gpm_sample RUN --checkpoint best`; to train past it, lower the learning rate, decay it (--lr_decay) or train fewer steps")
+
 # %% ../nbs/20_cli.ipynb #b2370f74
 def _check_resume(out:Path, config:dict) -> bool:
     "Refuse to resume a run whose config.json differs from `config`; return whether the number of steps grows."
@@ -157,14 +170,19 @@ def _check_resume(out:Path, config:dict) -> bool:
     return b['steps'] > a['steps']
 
 # %% ../nbs/20_cli.ipynb #bd720ba6
-def _finish(out:Path, model, config:dict, data, step:int, secs:float, n:int, failure:str|None=None) -> dict:
-    "Draw `n` samples, evaluate them, write samples.npy, samples.png and metrics.json; return the metrics (rank 0; the other processes return the step)."
+def _finish(out:Path, model, config:dict, data, step:int, secs:float, n:int, failure:str|None=None,
+            best:dict|None=None, warning:str|None=None) -> dict:
+    "Draw `n` samples, evaluate them, write samples.npy, samples.png and metrics.json (with the `best` evaluation and a `warning`); return the metrics (rank 0; the other processes return the step)."
     if dist_info()[0]: return dict(step=step)
     x = draw(model, config, n)
     metrics = dict(step=step, train_seconds=round(secs, 1), n_samples=len(x), **evaluate(x, data))
     if config['data'] == 'digits':   # the digits yardstick of 06_yardstick, on samples clamped to the pixel range like the picture
         metrics.update(digits_metrics(x.detach().float().clamp(-1, 1).cpu()))
+    if best: metrics['best_eval'] = {k: best[k] for k in ('step', 'energy')}
     if failure: metrics['diverged'] = failure
+    if warning:
+        metrics['warning'] = warning; print(f"warning: {warning}", file=sys.stderr, flush=True)
+        with open(out/'train_log.jsonl', 'a') as f: f.write(json.dumps(dict(step=step, warning=warning)) + '\n')
     np.save(out/'samples.npy', x.cpu().numpy())
     plot_samples(x, data.sample(len(x)), out/'samples.png', f"{config['method']} on {config['data']}, {step} steps")
     (out/'metrics.json').write_text(json.dumps(metrics, indent=1))
@@ -186,8 +204,9 @@ def train(method:str='discr_flow', data:str='gaussians5', preset:str='cpu', out:
     def score(m):
         return {k: v for k, v in evaluate(draw(m, config, run.n_eval), r['data'], floors=False).items() if isinstance(v, (int, float))}
     with fork_rng(run.seed + 1): floor = metric_floor(energy_distance, lambda n: r['data'].sample(n, 'cpu').flatten(1), run.n_eval)
+    best = BestCheckpointCB(out/'best.pt', 'energy', config=config)
     cbs = [EvalCB(score, run.eval_every, seed=run.seed + 1), DivergenceCB(floor), *schedule_cbs(run),
-           CheckpointCB(ckpt, every=run.eval_every, config=config)]   # every process evaluates the same weights alike and stops alike
+           CheckpointCB(ckpt, every=run.eval_every, config=config), best]   # every process evaluates the same weights alike and stops alike
     if rank == 0: cbs.append(LogCB(out/'train_log.jsonl', every=10))
     if rank == 0 and not quiet: cbs.append(ProgressCB(max(run.steps // 20, 1)))
     tr = Trainer(model, cbs)
@@ -200,9 +219,10 @@ def train(method:str='discr_flow', data:str='gaussians5', preset:str='cpu', out:
             (out/'metrics.json').write_text(json.dumps(dict(step=tr.step, diverged=str(e)), indent=1))
         if tr.last_checkpoint: load_checkpoint(ckpt, model, restore_rng=False)
         if tr.last_checkpoint: _finish(out, model, config, r['data'], tr.last_checkpoint[1], time.perf_counter() - t0,
-                                       n_samples or run.n_eval, failure=str(e))
+                                       n_samples or run.n_eval, failure=str(e), best=best.best)
         raise
-    return _finish(out, model, config, r['data'], tr.step, time.perf_counter() - t0, n_samples or run.n_eval)
+    return _finish(out, model, config, r['data'], tr.step, time.perf_counter() - t0, n_samples or run.n_eval,
+                   best=best.best, warning=degradation(tr.metrics, best.best, floor))
 
 # %% ../nbs/20_cli.ipynb #dd26964e
 def _fail(prog:str, msg:str, status:int=2):
@@ -256,16 +276,19 @@ def gpm_train(argv:list|None=None):
     if dist_info()[0] == 0: print(json.dumps({k: v for k, v in m.items() if not isinstance(v, list)}, indent=1))
 
 # %% ../nbs/20_cli.ipynb #b1647e35
-def sample_run(run:str|Path, n:int, steps:int|None=None, device=None, sampler:str|None=None):
-    "Rebuild the model of run folder `run` from its checkpoint and draw `n` samples (in the data's layout and range)."
-    run = Path(run); ckpt = read_checkpoint(run/'checkpoint.pt')
+CHECKPOINTS = {'last': 'checkpoint.pt', 'best': 'best.pt'}   # gpm_sample --checkpoint: the file in the run folder
+
+def sample_run(run:str|Path, n:int, steps:int|None=None, device=None, sampler:str|None=None, checkpoint:str='last'):
+    "Rebuild the model of run folder `run` from its `checkpoint` ('last' or 'best' evaluation) and draw `n` samples (in the data's layout and range)."
+    if checkpoint not in CHECKPOINTS: raise ValueError(f"unknown checkpoint {checkpoint!r}: choose {' or '.join(CHECKPOINTS)}")
+    run = Path(run); path = run/CHECKPOINTS[checkpoint]; ckpt = read_checkpoint(path)
     if n < 1: raise ValueError(f"--n must be >= 1, got {n}")
     config = ckpt['extra'].get('config')
-    if not config or config.get('method') not in METHODS: raise ValueError(f"{run/'checkpoint.pt'} holds no known method config")
+    if not config or config.get('method') not in METHODS: raise ValueError(f"{path} holds no known method config")
     m = METHODS[config['method']]
     rc, cfg = override((RunConfig(), m.config()), **config['run'], **config['cfg'])
     model = m.build(DataShape(config['shape']), cfg, rc, device=device)
-    load_checkpoint(run/'checkpoint.pt', model, restore_rng=False)
+    load_checkpoint(path, model, restore_rng=False)
     model.eval()
     return draw(model, config, n, steps, sampler)
 
@@ -278,9 +301,10 @@ def gpm_sample(argv:list|None=None):
     ap.add_argument('--steps', type=int, default=None, help='flow steps or noise levels (default: the trained grid; free particles only)')
     ap.add_argument('--sampler', default=None, help=f"score methods that integrate a flow (edm): {', '.join(SAMPLERS)} (default: the run's)")
     ap.add_argument('--seed', type=int, default=0, help='random seed')
+    ap.add_argument('--checkpoint', default='last', help="last (the end of training) or best (the evaluation with the lowest energy distance)")
     a = ap.parse_args(argv)
     seed_everything(a.seed)
-    try: x = sample_run(a.run, a.n, a.steps, sampler=a.sampler)
+    try: x = sample_run(a.run, a.n, a.steps, sampler=a.sampler, checkpoint=a.checkpoint)
     except ValueError as e: _fail('gpm_sample', str(e))
     np.save(a.out, x.cpu().numpy()); print(f"wrote {tuple(x.shape)} samples to {a.out}")
 

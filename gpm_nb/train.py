@@ -18,7 +18,7 @@ from .core import rng_state, set_rng_state, fork_rng, seed_everything
 __all__ = ['DIST_TIMEOUT_ENV', 'CKPT_FORMAT', 'dist_info', 'init_distributed', 'close_distributed', 'all_mean_', 'broadcast_',
            'average_gradients', 'mean_losses', 'rank_seed', 'save_checkpoint', 'CheckpointError', 'read_checkpoint',
            'load_checkpoint', 'Callback', 'NonFiniteLossError', 'Trainer', 'LogCB', 'EvalCB', 'CheckpointCB',
-           'ProgressCB', 'LinearDecayCB', 'EMA']
+           'ProgressCB', 'LinearDecayCB', 'BestCheckpointCB', 'EMA']
 
 # %% ../nbs/04_train.ipynb #c6e355d7
 def dist_info() -> tuple[int, int]:
@@ -301,6 +301,28 @@ class LinearDecayCB(Callback):
         f = min(1., (n - tr.step) / (self.frac * n))
         for o in tr.model.optimizers().values():
             for g in o.param_groups: g['lr'] = g['initial_lr'] * f
+
+# %% ../nbs/04_train.ipynb #305034bd
+class BestCheckpointCB(Callback):
+    "Keep in `path` the checkpoint of the evaluation with the lowest `key`; `best` holds that evaluation's metrics."
+    order = 21   # after the periodic checkpoint
+    def __init__(self, path:str|Path, # file of the best checkpoint
+                 key:str='energy', # metric to minimise, as set by `EvalCB`
+                 **extra): # more entries of the checkpoint, e.g. `config=...`
+        self.path, self.key, self.extra, self.best = Path(path), key, extra, None
+    def before_fit(self, tr):
+        self.best = None
+        if not tr.step:   # a new run: a file left by another run must not be taken for this one's
+            if dist_info()[0] == 0: self.path.unlink(missing_ok=True)
+        elif self.path.exists():
+            try: self.best = read_checkpoint(self.path)['extra']['metrics']
+            except (CheckpointError, KeyError): print(f"warning: {self.path} is unreadable; it will hold this run's next best evaluation", file=sys.stderr)
+    def after_step(self, tr):
+        v = tr.metrics.get(self.key) if tr.metrics.get('step') == tr.step else None
+        if v is None or not math.isfinite(v) or (self.best is not None and v >= self.best[self.key]): return
+        save_checkpoint(self.path, tr.model, tr.step, metrics=tr.metrics, **self.extra)
+        self.best = dict(tr.metrics)
+    after_fit = after_step   # the final evaluation too
 
 # %% ../nbs/04_train.ipynb #2e267566
 class EMA(nn.Module):

@@ -42,9 +42,10 @@ def test_train_writes_the_run_folder(tmp_path, method):
     out = tmp_path/'r'
     m = train(**quick(method, steps=15, n_samples=300), out=out)
     assert sorted(p.name for p in out.iterdir()) == \
-        ['checkpoint.pt', 'config.json', 'metrics.json', 'samples.npy', 'samples.png', 'train_log.jsonl']
+        ['best.pt', 'checkpoint.pt', 'config.json', 'metrics.json', 'samples.npy', 'samples.png', 'train_log.jsonl']
     saved = json.loads((out/'metrics.json').read_text())
     assert saved == json.loads(json.dumps(m)) and 'diverged' not in saved
+    assert read_checkpoint(out/'best.pt')['step'] == saved['best_eval']['step'] in (5, 10, 15)   # quick: an evaluation every 5 steps
     assert saved['step'] == 15 and saved['n_samples'] == 300
     for k in ('energy', 'sliced_w2', 'mmd'): assert np.isfinite(saved[k]) and np.isfinite(saved[k + '_floor'])
     assert saved['energy_floor'] > 0 and saved['sliced_w2_floor'] > 0   # (the unbiased MMD floor may be < 0)
@@ -201,6 +202,31 @@ def test_divergence_at_the_final_evaluation_is_caught(tmp_path):
     except DivergedError: m = None
     assert m is None, f"the run ended without DivergedError: out_of_range={m['out_of_range']:.2f}, energy={m['energy']:.3g}"
     assert 'diverged' in json.loads((out/'metrics.json').read_text())
+
+def test_a_run_that_got_worse_warns_and_keeps_its_best(tmp_path, capsys, monkeypatch):
+    "Evaluations scripted to 0.02 at step 5, then 0.04 and 0.09: no divergence, but a warning; best.pt holds step 5 and samples."
+    import gpm_nb.cli as cli_mod
+    energies, real = iter([0.02, 0.04, 0.09]), cli_mod.evaluate
+    def scripted(x, data, floors=True):
+        m = real(x, data, floors=floors)
+        return m if floors else {**m, 'energy': next(energies), 'out_of_range': 0.}   # only the periodic evaluations are scripted
+    monkeypatch.setattr(cli_mod, 'evaluate', scripted)
+    out = tmp_path/'r'
+    m = train(**quick(steps=15, eval_every=5, n_samples=100), out=out)
+    assert 'got worse' in m['warning'] and '4.5x that of its best evaluation (0.02, step 5)' in m['warning'], m['warning']
+    assert m['best_eval'] == {'step': 5, 'energy': 0.02} and json.loads((out/'metrics.json').read_text())['warning'] == m['warning']
+    assert json.loads((out/'train_log.jsonl').read_text().splitlines()[-1]) == {'step': 15, 'warning': m['warning']}
+    assert 'warning: the run got worse' in capsys.readouterr().err
+    assert read_checkpoint(out/'best.pt')['step'] == 5 and read_checkpoint(out/'checkpoint.pt')['step'] == 15
+    assert not same_state(torch.load(out/'best.pt', weights_only=True)['model'], weights(out))
+    assert sample_run(out, 7, checkpoint='best').shape == (7, 2)
+    code, msg = cli(capsys, gpm_sample, out, '--checkpoint', 'best', '--n', 9, '--out', tmp_path/'b.npy')
+    assert code == 0 and np.load(tmp_path/'b.npy').shape == (9, 2), msg
+    code, msg = cli(capsys, gpm_sample, out, '--checkpoint', 'worst', '--out', tmp_path/'w.npy')
+    assert code == 2 and 'last or best' in msg and 'Traceback' not in msg, msg
+    (out/'best.pt').unlink()
+    code, msg = cli(capsys, gpm_sample, out, '--checkpoint', 'best', '--out', tmp_path/'w.npy')
+    assert code == 2 and 'no checkpoint at' in msg and 'best.pt' in msg, msg
 
 def test_digits_run_with_evaluations_is_not_declared_diverged(tmp_path):
     m = train(**{**quick('gan', steps=10, eval_every=5, n_samples=50), 'data': 'digits'}, out=tmp_path/'r')

@@ -85,7 +85,7 @@ def test_gpm_train_under_torchrun(tmp_path):
     r = launch(args + ['--out', str(out)])
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count('"modes_covered"') == 1          # one process prints the metrics
-    assert sorted(p.name for p in out.iterdir()) == ['checkpoint.pt', 'config.json', 'metrics.json', 'samples.npy', 'samples.png', 'train_log.jsonl']
+    assert sorted(p.name for p in out.iterdir()) == ['best.pt', 'checkpoint.pt', 'config.json', 'metrics.json', 'samples.npy', 'samples.png', 'train_log.jsonl']
     assert json.loads((out/'config.json').read_text())['run']['batch_size'] == 64   # the global batch
     r = launch([a if a != '20' else '30' for a in args] + ['--out', str(out), '--resume'])
     assert r.returncode == 0, r.stderr[-3000:]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest, torch
 from torch import nn
 from gpm_nb.core import seed_everything
-from gpm_nb.train import (Trainer, Callback, LogCB, EvalCB, CheckpointCB, LinearDecayCB, EMA, save_checkpoint,
+from gpm_nb.train import (Trainer, Callback, LogCB, EvalCB, CheckpointCB, BestCheckpointCB, LinearDecayCB, EMA, save_checkpoint,
                           load_checkpoint, read_checkpoint, CheckpointError, NonFiniteLossError)
 
 class Toy(nn.Module):
@@ -94,6 +94,35 @@ def lrs_of(n, total, save=None, resume=None):
     tr = Trainer(m := Toy(), [LinearDecayCB(0.5, total), spy] + ([CheckpointCB(save, every=10**6)] if save else []))
     if resume: seed_everything(99); tr.resume(resume)
     tr.fit(n); return spy.seen, m
+
+def scripted_eval(values):
+    "An EvalCB whose evaluations return the next of `values` as `energy`."
+    it = iter(values)
+    return EvalCB(lambda m: {'energy': next(it)}, every=5)
+
+def test_best_checkpoint_keeps_the_lowest_evaluation(tmp_path):
+    seed_everything(0)
+    best = BestCheckpointCB(tmp_path/'best.pt', tag='x')
+    tr = Trainer(Toy(), [scripted_eval([0.5, 0.2, float('nan'), 0.3, 0.2]), CheckpointCB(tmp_path/'last.pt', every=5), best]).fit(25)
+    ck = read_checkpoint(tmp_path/'best.pt')
+    assert ck['step'] == 10 and best.best == {'step': 10, 'energy': 0.2} and ck['extra'] == {'metrics': best.best, 'tag': 'x'}
+    assert read_checkpoint(tmp_path/'last.pt')['step'] == 25       # a tie (0.2 at step 25) and a NaN do not replace it
+    weights = read_checkpoint(tmp_path/'last.pt')['model']['lin.weight']
+    assert not torch.equal(ck['model']['lin.weight'], weights)     # the weights of step 10, not of the end
+
+def test_best_checkpoint_on_resume_and_on_a_new_run(tmp_path, capsys):
+    def fit(values, n, resume=False):
+        cb = BestCheckpointCB(tmp_path/'best.pt'); tr = Trainer(Toy(), [scripted_eval(values), CheckpointCB(tmp_path/'last.pt', every=5), cb])
+        if resume: tr.resume(tmp_path/'last.pt')
+        tr.fit(n); return cb
+    fit([0.4, 0.1], 10)
+    cb = fit([0.3, 0.05], 20, resume=True)                          # resumed: 0.3 at step 15 does not beat 0.1; 0.05 does
+    assert cb.best['step'] == 20 and read_checkpoint(tmp_path/'best.pt')['step'] == 20
+    (tmp_path/'best.pt').write_bytes(b'junk')
+    cb = fit([0.9], 25, resume=True)                                # an unreadable file: a warning, then this run's best
+    assert 'unreadable' in capsys.readouterr().err and read_checkpoint(tmp_path/'best.pt')['step'] == 25
+    cb = fit([float('nan')], 3)                                     # a new run that never evaluates: no stale file
+    assert cb.best is None and not (tmp_path/'best.pt').exists()
 
 def test_linear_decay_schedule_survives_resume(tmp_path):
     full, m_full = lrs_of(40, 40)
