@@ -143,14 +143,15 @@ class DivergenceCB(Callback):
 def degradation(last:dict, # metrics of the last evaluation
                 best:dict|None, # metrics of the best evaluation (with its `step`), or None
                 floor:float, # real-vs-real floor of the energy distance
-                max_best:float=3., max_floor:float=5.) -> str|None:
+                max_best:float=3., max_floor:float=5., # warn above both max_best x best and max_floor x floor
+                run:str='RUN') -> str|None: # the run folder, named in the advice
     "Why a run that ended with the metrics `last` got worse than its `best` evaluation, or None."
     if not best or 'energy' not in last: return None
     e, b = last['energy'], best['energy']
     if e <= max_best * b or e <= max_floor * floor: return None
     return (f"the run got worse: its last evaluation's energy distance, {e:.3g} ({e / floor:.0f}x the real-vs-real floor), "
             f"is {e / b:.1f}x that of its best evaluation ({b:.3g}, step {best['step']}). best.pt keeps that step: draw from it "
-            "with `gpm_sample RUN --checkpoint best`; to train past it, lower the learning rate, decay it (--lr_decay) or train fewer steps")
+            f"with `gpm_sample {run} --checkpoint best`; to train past it, lower the learning rate, decay it (--lr_decay) or train fewer steps")
 
 # %% ../nbs/20_cli.ipynb #b2370f74
 def _check_resume(out:Path, config:dict) -> bool:
@@ -222,7 +223,7 @@ def train(method:str='discr_flow', data:str='gaussians5', preset:str='cpu', out:
                                        n_samples or run.n_eval, failure=str(e), best=best.best)
         raise
     return _finish(out, model, config, r['data'], tr.step, time.perf_counter() - t0, n_samples or run.n_eval,
-                   best=best.best, warning=degradation(tr.metrics, best.best, floor))
+                   best=best.best, warning=degradation(tr.metrics, best.best, floor, run=str(out)))
 
 # %% ../nbs/20_cli.ipynb #dd26964e
 def _fail(prog:str, msg:str, status:int=2):

@@ -216,7 +216,7 @@ def test_a_run_that_got_worse_warns_and_keeps_its_best(tmp_path, capsys, monkeyp
     assert 'got worse' in m['warning'] and '4.5x that of its best evaluation (0.02, step 5)' in m['warning'], m['warning']
     assert m['best_eval'] == {'step': 5, 'energy': 0.02} and json.loads((out/'metrics.json').read_text())['warning'] == m['warning']
     assert json.loads((out/'train_log.jsonl').read_text().splitlines()[-1]) == {'step': 15, 'warning': m['warning']}
-    assert 'warning: the run got worse' in capsys.readouterr().err
+    assert 'warning: the run got worse' in capsys.readouterr().err and f'gpm_sample {out} --checkpoint best' in m['warning']
     assert read_checkpoint(out/'best.pt')['step'] == 5 and read_checkpoint(out/'checkpoint.pt')['step'] == 15
     assert not same_state(torch.load(out/'best.pt', weights_only=True)['model'], weights(out))
     assert sample_run(out, 7, checkpoint='best').shape == (7, 2)
