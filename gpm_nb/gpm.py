@@ -442,7 +442,7 @@ DISCR_FLOW_PRESETS = {
 GAN_PRESETS = {
     'gpu': (RunConfig(steps=1900), GANConfig()),
     'cpu': (RunConfig(steps=20000, lr_decay=0.5, eval_every=2000, n_eval=5000),
-            GANConfig(width=256, depth=3, g_width=256, g_depth=3, latent=32, gp=0.1, gp_on='interp', ema=0.999)),
+            GANConfig(width=256, depth=3, g_width=256, g_depth=3, latent=32, gp=3., gp_on='interp', ema=0.999)),
     'quick': (RunConfig(steps=150, eval_every=150, n_eval=500),
               GANConfig(width=64, depth=2, g_width=64, g_depth=2, latent=16, gp=0.1, gp_on='interp', ema=0.99)),
 }
