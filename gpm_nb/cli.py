@@ -135,7 +135,8 @@ class DivergenceCB(Callback):
         kept = (f"the last good checkpoint ({tr.last_checkpoint[0]}, step {tr.last_checkpoint[1]}) is kept"
                 if tr.last_checkpoint else "no checkpoint was written yet")
         raise DivergedError(f"training diverged at step {tr.step}: {why}; training stopped and {kept}. "
-                            "Lower the learning rate or, for Discriminator Flow, the step scale (--eta); add a gradient penalty (--gp); "
+                            "Lower the learning rate or, for Discriminator Flow, the step scale (--eta); add a gradient penalty or change its weight "
+                            "(--gp; the IPM loss trains with a weight near 0.1); "
                             "or train fewer steps.")
     after_fit = after_step   # the final evaluation too, before the final checkpoint
 
