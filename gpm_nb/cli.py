@@ -15,7 +15,8 @@ from .data import get_dataset, dataset_names
 from .metrics import energy_distance, metric_floor
 from .train import (Trainer, Callback, LogCB, ProgressCB, EvalCB, CheckpointCB, BestCheckpointCB, read_checkpoint, load_checkpoint,
                           NonFiniteLossError, init_distributed, dist_info, rank_seed)
-from .gpm import METHODS, get_method, RunConfig, override, evaluate, schedule_cbs
+from .gpm import METHODS, get_method, RunConfig, override, evaluate, schedule_cbs, plain_random_states, per_sample_time
+from .integrate import integrate
 from .monoflow import GAN_LOSSES
 from .scores import SAMPLERS
 import gpm_nb.score_models   # registers edm, sd_flow and score_gan
@@ -26,7 +27,7 @@ from .yardstick import digits_metrics
 # %% auto #0
 __all__ = ['CHECKPOINTS', 'Standardized', 'standardize', 'DataShape', 'preset_names', 'run_configs', 'make_run', 'draw',
            'plot_samples', 'DivergedError', 'DivergenceCB', 'degradation', 'train', 'gpm_train', 'sample_run',
-           'gpm_sample', 'count_nfe', 'bench', 'profile_ops', 'gpm_bench']
+           'gpm_sample', 'count_nfe', 'bench', 'profile_ops', 'bench_compare', 'gpm_bench']
 
 # %% ../nbs/20_cli.ipynb #aa63d969
 class Standardized:
@@ -365,6 +366,43 @@ def profile_ops(model, iters:int=10, top:int=15) -> list[dict]:
     return [dict(op=e.key, calls=e.count, ms_per_iter=round(getattr(e, key) / 1e3 / iters, 3), share=round(getattr(e, key) / total, 3))
             for e in sorted(events, key=lambda e: getattr(e, key), reverse=True)[:top]]
 
+# %% ../nbs/20_cli.ipynb #bede85d1
+def _median_seconds(fns:dict, reps:int, sync) -> dict:
+    "Median wall time of each of `fns` (name -> callable), called in turns `reps` times after one warm-up call each."
+    for f in fns.values(): f(); sync()
+    times = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, f in fns.items():
+            t0 = time.perf_counter(); f(); sync(); times[k].append(time.perf_counter() - t0)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+def bench_compare(data:str='gaussians5', preset:str='gpu', iters:int=20, n_samples:int=2000, device=None, **overrides) -> dict:
+    "Seconds per Discriminator Flow training iteration and per `n_samples` samples: the plain computation, ours, ours with a bfloat16 flow."
+    device = device or default_device()
+    model = make_run('discr_flow', data, preset, device=device, **overrides)['model']
+    sync = torch.cuda.synchronize if torch.device(device).type == 'cuda' else (lambda: None)
+    n, parts, field = model.batch_size, model.particles, model.field
+    def plain_step(): return field.fit_step(model.data.sample(n, device=device), *plain_random_states(parts, field, n, device))
+    @torch.no_grad()
+    def plain_sample(): return integrate(per_sample_time(field), parts.prior.sample(n_samples, device), parts.grid, parts.method, parts.g)
+    def bf16(fn, on=True):
+        def run():
+            model.bf16, was = on, model.bf16
+            try: return fn()
+            finally: model.bf16 = was
+        return run
+    model.train()
+    tr = _median_seconds(dict(plain=plain_step, ours=bf16(model.train_step, False), ours_bf16=bf16(model.train_step)), iters, sync)
+    model.eval()
+    sa = _median_seconds(dict(plain=plain_sample, ours=bf16(lambda: model.sample(n_samples), False),
+                              ours_bf16=bf16(lambda: model.sample(n_samples))), max(3, iters // 5), sync)
+    out = dict(method='discr_flow', preset=preset, **overrides)
+    out.update(device=str(device), threads=torch.get_num_threads(), K=model.K, batch_size=n, n_samples=n_samples)
+    for what, d in (('train', tr), ('sample', sa)):
+        out.update({f'{what}_s_{k}': round(v, 6) for k, v in d.items()})
+        out.update({f'{what}_speedup_{k}': round(d['plain'] / d[k], 2) for k in ('ours', 'ours_bf16')})
+    return out
+
 # %% ../nbs/20_cli.ipynb #a44307e4
 def gpm_bench(argv:list|None=None):
     "Print training iterations/s, sampling NFE, samples/s and peak memory (and the top operators with --profile) of a method, or of every method."
@@ -375,9 +413,12 @@ def gpm_bench(argv:list|None=None):
     ap.add_argument('--preset', default='gpu', help='gpu = the paper\'s official config')
     ap.add_argument('--iters', type=int, default=50); ap.add_argument('--n_samples', type=int, default=10_000)
     ap.add_argument('--profile', type=int, default=0, help='print this many top operators of 10 training iterations')
+    ap.add_argument('--compare', action='store_true', help='Discriminator Flow against its plain computation (float32 and bfloat16 flow)')
     a, rest = ap.parse_known_args(argv)
     kw = _parse_overrides('gpm_bench', rest)
     methods = list(METHODS) if a.method == 'all' else [a.method]
+    if a.compare and methods != ['discr_flow']: _fail('gpm_bench', f"--compare times Discriminator Flow: drop --method {a.method} or use --method discr_flow")
     try:
+        if a.compare: return print(json.dumps(bench_compare(a.data, a.preset, a.iters, a.n_samples, **kw), indent=1), flush=True)
         for m in methods: print(json.dumps(bench(m, a.data, a.preset, a.iters, a.n_samples, profile=a.profile, **kw), indent=1), flush=True)
     except ValueError as e: _fail('gpm_bench', str(e))

@@ -20,9 +20,10 @@ from .monoflow import GAN_LOSSES, gan_loss
 
 # %% auto #0
 __all__ = ['GP_ON', 'positive', 'nonneg', 'METHODS', 'DISCR_FLOW_PRESETS', 'GAN_PRESETS', 'DiscriminatorField', 'GaussianPrior',
-           'FreeParticles', 'push_loss', 'Generator', 'Recipe', 'DiscrFlow', 'GAN', 'RunConfig', 'DiscriminatorConfig',
-           'DiscrFlowConfig', 'GANConfig', 'override', 'discriminator_net', 'generator_net', 'discr_flow', 'gan',
-           'schedule_cbs', 'Method', 'register', 'get_method', 'out_of_range', 'evaluate']
+           'FreeParticles', 'per_sample_time', 'plain_random_states', 'push_loss', 'Generator', 'Recipe', 'DiscrFlow',
+           'GAN', 'RunConfig', 'DiscriminatorConfig', 'DiscrFlowConfig', 'GANConfig', 'override', 'discriminator_net',
+           'generator_net', 'discr_flow', 'gan', 'schedule_cbs', 'Method', 'register', 'get_method', 'out_of_range',
+           'evaluate']
 
 # %% ../nbs/16_gpm.ipynb #d58e02cd
 GP_ON = ('interp', 'real', 'fake')
@@ -121,9 +122,24 @@ def random_states(self:FreeParticles, field:Callable, # the field the particles 
                   device=None) -> tuple: # where they live
     "(z, t): `n` prior draws taken along `field`, each stopped at its own random step k < N of the grid, and t_k."
     N = len(self.grid) - 1
-    zs = self.trajectory(field, self.prior.sample(n, device), n_steps=N - 1)
-    k = torch.randint(N, (n,), device=zs.device)
-    return zs[k, torch.arange(n, device=zs.device)], self.grid.to(zs.device)[k].float()
+    z0 = self.prior.sample(n, device)
+    k = torch.randint(N, (n,), device=z0.device)
+    z = integrate(field, z0, self.grid, self.method, self.g, stop=k)   # particle i moves k_i steps only
+    return z, self.grid.to(z.device)[k].float()
+
+# %% ../nbs/16_gpm.ipynb #3ce8eed1
+def per_sample_time(field:Callable) -> Callable:
+    "`field` given its time as a full per-sample tensor: no network may embed a time shared by all rows once."
+    return lambda x, t: field(x, t.contiguous())
+
+@torch.no_grad()
+def plain_random_states(particles:FreeParticles, field:Callable, n:int, device=None) -> tuple:
+    "`random_states` computed plainly, as GPM's paper and code write it: every particle's whole trajectory, then the chosen states."
+    N = len(particles.grid) - 1
+    z0 = particles.prior.sample(n, device)
+    k = torch.randint(N, (n,), device=z0.device)
+    zs = particles.trajectory(per_sample_time(field), z0, n_steps=N - 1)
+    return zs[k, torch.arange(n, device=z0.device)], particles.grid.to(z0.device)[k].float()
 
 # %% ../nbs/16_gpm.ipynb #293b42cc
 @patch
@@ -191,15 +207,19 @@ class DiscrFlow(Recipe):
                  particles:FreeParticles, # prior + grid t_k = k/K + integrator
                  data, # has `sample(n, device)`
                  batch_size:int=128, # data and particles per iteration
-                 ema:float=0.): # decay of the field average used to sample (0: none)
+                 ema:float=0., # decay of the field average used to sample (0: none)
+                 bf16:bool=False): # run the flow (not the field's training) with bfloat16 matrix products
         super().__init__(data, batch_size)
-        self.field, self.particles = field, particles
+        self.field, self.particles, self.bf16 = field, particles, bf16
         self.field_ema = EMA(field, ema) if ema else None
     @property
     def K(self): return len(self.particles.grid) - 1
     @property
     def sampling_field(self): return self.field if self.field_ema is None else self.field_ema
     def optimizers(self): return self.field.optimizers()
+    def flow_precision(self):
+        "Where the particles move: autocast to bfloat16 matrix products when `bf16`, else plain float32."
+        return torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16)
 
 # %% ../nbs/16_gpm.ipynb #095cf9c6
 @patch
@@ -207,7 +227,7 @@ def train_step(self:DiscrFlow) -> dict:
     "One iteration: simulate the flow, pick a random step per particle, one field update there."
     n, dev = self.batch_size, self.device
     x = self.data.sample(n, device=dev)
-    z, t = self.particles.random_states(self.field, n, dev)
+    with self.flow_precision(): z, t = self.particles.random_states(self.field, n, dev)
     losses = self.field.fit_step(x, z, t)
     if self.field_ema is not None: self.field_ema.update(self.field)
     return losses
@@ -220,7 +240,7 @@ def sample(self:DiscrFlow, n:int, # number of samples
     "`n` new samples: prior draws integrated along the field (3)."
     grid = None if steps is None else torch.linspace(0, 1, steps + 1, dtype=torch.float64)
     if steps is not None and steps < 1: raise ValueError(f"steps must be >= 1, got {steps}")
-    return self.particles.sample(self.sampling_field if ema else self.field, n, self.device, grid)
+    with self.flow_precision(): return self.particles.sample(self.sampling_field if ema else self.field, n, self.device, grid)
 
 # %% ../nbs/16_gpm.ipynb #0d40a441
 class GAN(Recipe):
@@ -317,6 +337,7 @@ class DiscrFlowConfig(DiscriminatorConfig):
     K: int = 56                # flow steps
     eta: float = 20.           # step scale: each step moves eta/K times the field
     t_emb: int = 128           # Fourier time-embedding size
+    bf16: bool = False         # flow in bfloat16 matrix products (the discriminator trains in float32)
     def __post_init__(self):
         super().__post_init__()
         _check(self, K=positive, eta=(lambda v: v > 0, '> 0'), t_emb=(lambda v: v >= 2 and v % 2 == 0, 'even and >= 2'))
@@ -386,7 +407,7 @@ def discr_flow(data, # has `sample(n, device)`
     "Discriminator Flow: a time-conditioned discriminator field pushing free particles from N(0, I)."
     shape = tuple(data.sample(1, device='cpu').shape[1:])
     particles = FreeParticles(GaussianPrior(shape), torch.linspace(0, 1, cfg.K + 1, dtype=torch.float64))
-    return DiscrFlow(_field(shape, cfg, cfg.t_emb, cfg.eta), particles, data, run.batch_size, cfg.ema).to(device or default_device())
+    return DiscrFlow(_field(shape, cfg, cfg.t_emb, cfg.eta), particles, data, run.batch_size, cfg.ema, cfg.bf16).to(device or default_device())
 
 # %% ../nbs/16_gpm.ipynb #91ab28e3
 def gan(data, # has `sample(n, device)`

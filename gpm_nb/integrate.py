@@ -54,7 +54,9 @@ INTEGRATORS = ('euler', 'heun', 'euler_maruyama')
 
 def _velocity(f, x:Tensor, t:float) -> Tensor:
     "Evaluate `f(x, t)` with `t` as a per-sample tensor; check the shape of the result."
-    v = f(x, torch.full((len(x),), t, dtype=x.dtype if x.is_floating_point() else torch.float32, device=x.device))
+    tt = torch.full((1,), t, dtype=x.dtype if x.is_floating_point() else torch.float32, device=x.device)
+    v = f(x, tt.expand(len(x)))   # one time for all: an expanded tensor, so a network may embed it once
+
     return check_shape(v, tuple(x.shape), 'the field f(x, t)')
 
 # %% ../nbs/05_integrate.ipynb #492463aa
@@ -72,6 +74,15 @@ def _check_integrate(f, x, method, g):
         raise ValueError("g (the noise scale) is required by 'euler_maruyama' and only by it")
 
 # %% ../nbs/05_integrate.ipynb #c0b51209
+def _stop_counts(stop, n:int, N:int) -> list[int]:
+    "How many particles are still moving at each step k = 0..N-1, for per-sample step counts `stop` (n,) in [0, N]."
+    if not isinstance(stop, Tensor) or stop.shape != (n,) or stop.is_floating_point():
+        raise ValueError(f"stop must be an integer tensor of shape ({n},) (a step count per particle), got "
+                         f"{tuple(stop.shape) if isinstance(stop, Tensor) else type(stop).__name__}")
+    s = stop.cpu()
+    if len(s) and not (0 <= s.min() and s.max() <= N): raise ValueError(f"stop must lie in [0, {N}] (the grid's steps), got {s.min().item()}..{s.max().item()}")
+    return [int((s > k).sum()) for k in range(N)]
+
 def integrate(f:Callable, # the field f(x, t) -> velocity shaped like x; t is a per-sample tensor (n,)
               x:Tensor, # initial particles, batch-first (n, ...)
               grid, # times t_0..t_N (increasing or decreasing), a sequence or tensor
@@ -80,21 +91,34 @@ def integrate(f:Callable, # the field f(x, t) -> velocity shaped like x; t is a 
               callback:Callable|None=None, # called as callback(k, t_k, x_k) for k = 0..N
               traj:bool=False, # also return all states, stacked (N+1, *x.shape)
               generator:torch.Generator|None=None, # random source of the SDE noise (default: torch's global one)
+              stop:Tensor|None=None, # per-particle step counts (n,) in [0, N]: particle i ends at x_{stop_i}
              ):
     "Integrate particles `x` along the field `f` over `grid`; the final particles (and the trajectory)."
     _check_integrate(f, x, method, g)
     ts = as_grid(grid).tolist()
+    if stop is not None:
+        if traj or callback is not None:
+            raise ValueError("stop excludes traj and callback: a stopped particle has no later states")
+        counts = _stop_counts(stop, len(x), len(ts) - 1)
+        order = stop.argsort(descending=True, stable=True)   # moving particles first: each step works on a prefix
+        x = x[order]
     xs = [x] if traj else None
     if callback is not None: callback(0, ts[0], x)
     for k, (t0, t1) in enumerate(zip(ts[:-1], ts[1:])):
-        h, v = t1 - t0, _velocity(f, x, t0)
+        m = len(x) if stop is None else counts[k]
+        if m == 0: break
+        xm, rest = (x, None) if m == len(x) else (x[:m], x[m:])
+        h, v = t1 - t0, _velocity(f, xm, t0)
         if method == 'heun' and t1 != 0:
-            x = x + h / 2 * (v + _velocity(f, x + h * v, t1))
+            xm = xm + h / 2 * (v + _velocity(f, xm + h * v, t1))
         else:
-            x = x + h * v
+            xm = xm + h * v
         if method == 'euler_maruyama':
-            xi = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-            x = x + _diffusion(g, t0) * math.sqrt(abs(h)) * xi
+            xi = torch.randn(xm.shape, generator=generator, dtype=xm.dtype, device=xm.device)
+            xm = xm + _diffusion(g, t0) * math.sqrt(abs(h)) * xi
+        x = xm if rest is None else torch.cat([xm, rest])
         if traj: xs.append(x)
         if callback is not None: callback(k + 1, t1, x)
+    if stop is not None: x = x[order.argsort()]
     return (x, torch.stack(xs)) if traj else x
+

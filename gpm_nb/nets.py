@@ -60,11 +60,16 @@ class MLP(nn.Module):
         if init_std is not None: init_normal_(self, init_std)
     def forward(self, x:Tensor, t:Tensor|None=None) -> Tensor:
         check_shape(x, (None, self.d_in))
-        if self.embed is not None:
-            if t is None: raise ValueError("this MLP is time-conditioned: pass t, shape (n,)")
-            x = torch.cat([x, self.embed(t.expand(len(x)) if t.dim() == 0 else check_shape(t, (len(x),), 't'))], 1)
-        out = self.net(x)
+        if self.embed is None: out = self.net(x)
+        elif t is None: raise ValueError("this MLP is time-conditioned: pass t, shape (n,)")
+        elif t.dim() == 0 or (len(x) > 1 and check_shape(t, (len(x),), 't').stride(0) == 0):
+            out = self.net[1:](self._first_shared_t(x, t.reshape(-1)[:1]))
+        else: out = self.net(torch.cat([x, self.embed(check_shape(t, (len(x),), 't'))], 1))
         return out.squeeze(1) if self.d_out == 1 else out
+    def _first_shared_t(self, x:Tensor, t:Tensor) -> Tensor:
+        "The first layer when every row has the same time `t` (1,): its time part, computed once, joins the bias."
+        lin, d = self.net[0], self.d_in
+        return F.linear(x, lin.weight[:, :d], torch.addmm(lin.bias, self.embed(t), lin.weight[:, d:].T)[0])
 
 # %% ../nbs/03_nets.ipynb #f38ccaff
 class FiLMBlock(nn.Module):

@@ -6,7 +6,7 @@ from gpm_nb.core import seed_everything
 from gpm_nb.data import ArrayData, load_digits
 from gpm_nb.gpm import METHODS, RunConfig, DiscrFlow
 from gpm_nb.train import read_checkpoint, load_checkpoint, NonFiniteLossError
-from gpm_nb.cli import (train, make_run, run_configs, standardize, sample_run, bench, gpm_train, gpm_sample, gpm_bench,
+from gpm_nb.cli import (train, make_run, run_configs, standardize, sample_run, bench, bench_compare, gpm_train, gpm_sample, gpm_bench,
                         DivergedError, DivergenceCB)
 
 METHOD_NAMES = list(METHODS)   # every registered method keeps the run-folder contract
@@ -416,6 +416,19 @@ def test_gpm_bench_cli(capsys):
     assert code == 0 and json.loads(out)['n_samples'] == 10, out
     code, out = cli(capsys, gpm_bench, '--method', 'gan9', '--preset', 'quick')
     assert code == 2 and 'choose one of discr_flow, gan' in out and 'Traceback' not in out, out
+
+def test_bench_compare_times_the_three_variants():
+    b = bench_compare(preset='quick', iters=2, n_samples=64, device='cpu')
+    assert (b['method'], b['K'], b['batch_size'], b['n_samples']) == ('discr_flow', run_configs('discr_flow', 'quick')[1].K, 128, 64)
+    for what in ('train', 'sample'):
+        assert all(b[f'{what}_s_{k}'] > 0 for k in ('plain', 'ours', 'ours_bf16'))
+        for k in ('ours', 'ours_bf16'): assert abs(b[f'{what}_speedup_{k}'] - b[f'{what}_s_plain'] / b[f'{what}_s_{k}']) < 0.02
+
+def test_gpm_bench_compare_cli(capsys):
+    code, out = cli(capsys, gpm_bench, '--compare', '--preset', 'quick', '--iters', 1, '--n_samples', 16, '--K', 4)
+    assert code == 0 and json.loads(out)['K'] == 4 and 'train_speedup_ours_bf16' in json.loads(out), out
+    code, out = cli(capsys, gpm_bench, '--compare', '--method', 'gan', '--preset', 'quick')
+    assert code == 2 and '--compare times Discriminator Flow' in out and 'Traceback' not in out, out
 
 def test_method_specific_presets():
     "A method may have presets of its own (Discriminator Flow's GPM image config); others refuse them by name."

@@ -5,11 +5,12 @@ import pytest, torch
 from torch import nn
 from gpm_nb.core import seed_everything
 from gpm_nb.data import gaussians5, digits
-from gpm_nb.integrate import FnField
+from gpm_nb.integrate import FnField, integrate
 from gpm_nb.gpm import (DiscriminatorField, GaussianPrior, FreeParticles, Generator, push_loss, DiscrFlow, GAN,
                         RunConfig, DiscriminatorConfig, DiscrFlowConfig, GANConfig, override, discriminator_net,
                         generator_net, discr_flow, gan, schedule_cbs, Method, METHODS, register, get_method,
-                        out_of_range, evaluate, gan_loss, GAN_LOSSES, DISCR_FLOW_PRESETS, GAN_PRESETS)
+                        out_of_range, evaluate, gan_loss, GAN_LOSSES, DISCR_FLOW_PRESETS, GAN_PRESETS,
+                        plain_random_states, per_sample_time)
 from gpm_nb.train import Trainer, CheckpointCB, load_checkpoint, LinearDecayCB
 
 DF_RUN, DF_CFG = DISCR_FLOW_PRESETS['quick']
@@ -330,6 +331,56 @@ def test_trajectory_and_sample_shapes():
     seed_everything(3); a = m.sample(8)
     seed_everything(3); b = m.particles.trajectory(m.field, m.particles.prior.sample(8, 'cpu'))[-1]
     torch.testing.assert_close(a, b)                                    # sampling = following the K-step flow
+
+@pytest.mark.parametrize('method', ['euler', 'heun'])
+def test_integrate_stop_is_the_trajectory_at_each_particles_step(method):
+    "Particle i integrated with stop k_i ends where the full trajectory is at step k_i, the field seeing only moving rows."
+    seed_everything(0); m = build_df()
+    z0, grid = m.particles.prior.sample(300, 'cpu'), torch.linspace(0, 1, 8)
+    k = torch.randint(8, (300,))
+    full = integrate(m.field, z0, grid, method, traj=True)[1]
+    rows = []
+    def counting(x, t): rows.append(len(x)); return m.field(x, t)
+    got = integrate(counting, z0, grid, method, stop=k)
+    torch.testing.assert_close(got, full[k, torch.arange(300)], rtol=1e-5, atol=1e-6)
+    assert (full[-1] - z0).abs().max() > 1e-3                          # the field moved the particles
+    evals_per_step = 2 if method == 'heun' else 1
+    assert sum(rows) == evals_per_step * k.sum().item() < evals_per_step * 300 * 7
+
+def test_integrate_stop_bad_input():
+    x, f = torch.zeros(4, 2), (lambda x, t: x)
+    for stop, msg in [(torch.ones(3, dtype=torch.long), r'shape \(4,\)'), (torch.ones(4), 'integer tensor'),
+                      (torch.full((4,), 3), r'lie in \[0, 2\]'), (torch.full((4,), -1), r'lie in \[0, 2\]'), ([1, 1, 1, 1], 'integer tensor')]:
+        with pytest.raises(ValueError, match=msg): integrate(f, x, [0., .5, 1.], stop=stop)
+    with pytest.raises(ValueError, match='stop excludes traj and callback'): integrate(f, x, [0., 1.], traj=True, stop=torch.ones(4, dtype=torch.long))
+    with pytest.raises(ValueError, match='stop excludes traj and callback'): integrate(f, x, [0., 1.], callback=print, stop=torch.ones(4, dtype=torch.long))
+
+def test_random_states_match_the_plain_computation():
+    "The training states of ours (each particle stopped at its step, the time embedded once) = the plain computation's."
+    seed_everything(0); m = build_df()
+    for _ in range(40): m.train_step()                                       # a trained field: the particles travel
+    torch.manual_seed(5); z, t = m.particles.random_states(m.field, 256, 'cpu')
+    torch.manual_seed(5); zp, tp = plain_random_states(m.particles, m.field, 256, 'cpu')
+    torch.manual_seed(5); z0 = m.particles.prior.sample(256, 'cpu')
+    torch.testing.assert_close(z, zp, rtol=1e-5, atol=1e-5); assert torch.equal(t, tp)
+    assert (zp - z0).norm(dim=1).max() > 0.1 and len(set(t.tolist())) == DF_CFG.K   # moved, at every step but the last
+
+def test_per_sample_time_materialises_a_shared_time():
+    seen = []
+    f = per_sample_time(lambda x, t: seen.append(t.stride()) or x)
+    f(torch.zeros(5, 2), torch.full((1,), .5).expand(5))
+    assert seen == [(1,)]
+
+def test_bf16_flow_is_close_to_float32_and_trains_in_float32():
+    "bf16 changes where the particles move only by bfloat16 rounding; the discriminator's weights stay float32."
+    seed_everything(0); m = build_df(bf16=True)
+    assert m.bf16 and DiscrFlowConfig().bf16 is False
+    torch.manual_seed(1); a = m.sample(500)
+    m.bf16 = False; torch.manual_seed(1); b = m.sample(500); m.bf16 = True
+    assert a.dtype == b.dtype == torch.float32 and not torch.equal(a, b)
+    assert (a - b).abs().max() < 0.05 * b.abs().max()
+    m.train_step()
+    assert all(p.dtype == torch.float32 for p in m.field.parameters())
 
 def test_discr_flow_training_improves_energy():
     seed_everything(0); p = gaussians5(); m = discr_flow(p, DF_CFG, DF_RUN, device='cpu')

@@ -93,3 +93,18 @@ def test_unet_depends_on_the_noise_level_and_refuses_bad_input():
     with pytest.raises(ValueError, match='c_noise must have shape'): u(x, torch.zeros(2))
     with pytest.raises(ValueError, match='8, 28, 32 or 64 px'): UNet(1, 12)
     with pytest.raises(ValueError, match='emb even'): UNet(1, 8, emb=7)
+
+@pytest.mark.parametrize('t_shared', [torch.tensor(.3), torch.full((1,), .3).expand(16)])
+def test_mlp_embeds_a_shared_time_once_with_the_same_value_and_gradient(t_shared):
+    "A 0-d or expanded time takes the folded first layer; value and input gradient equal the per-sample path's."
+    torch.manual_seed(0); D = MLP(2, 1, 64, 3, t_emb=16, init_std=None)
+    x = torch.randn(16, 2, requires_grad=True); t_full = torch.full((16,), .3)
+    calls = []
+    h = D.embed.register_forward_hook(lambda m, a, out: calls.append(out.shape[0]))
+    a, b = D(x, t_shared), D(x, t_full)
+    h.remove()
+    assert calls == [1, 16]                                             # embedded once, then per sample
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    ga, = torch.autograd.grad(a.sum(), x); gb, = torch.autograd.grad(b.sum(), x)
+    torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match='t'): D(x, torch.full((1,), .3).expand(15))
