@@ -395,7 +395,7 @@ def bench_compare(data:str='gaussians5', preset:str='gpu', iters:int=20, n_sampl
     tr = _median_seconds(dict(plain=plain_step, ours=bf16(model.train_step, False), ours_bf16=bf16(model.train_step)), iters, sync)
     model.eval()
     sa = _median_seconds(dict(plain=plain_sample, ours=bf16(lambda: model.sample(n_samples), False),
-                              ours_bf16=bf16(lambda: model.sample(n_samples))), max(3, iters // 5), sync)
+                              ours_bf16=bf16(lambda: model.sample(n_samples))), max(3, iters // 2), sync)
     out = dict(method='discr_flow', preset=preset, **overrides)
     out.update(device=str(device), threads=torch.get_num_threads(), K=model.K, batch_size=n, n_samples=n_samples)
     for what, d in (('train', tr), ('sample', sa)):

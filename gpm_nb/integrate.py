@@ -56,7 +56,6 @@ def _velocity(f, x:Tensor, t:float) -> Tensor:
     "Evaluate `f(x, t)` with `t` as a per-sample tensor; check the shape of the result."
     tt = torch.full((1,), t, dtype=x.dtype if x.is_floating_point() else torch.float32, device=x.device)
     v = f(x, tt.expand(len(x)))   # one time for all: an expanded tensor, so a network may embed it once
-
     return check_shape(v, tuple(x.shape), 'the field f(x, t)')
 
 # %% ../nbs/05_integrate.ipynb #492463aa
@@ -81,7 +80,7 @@ def _stop_counts(stop, n:int, N:int) -> list[int]:
                          f"{tuple(stop.shape) if isinstance(stop, Tensor) else type(stop).__name__}")
     s = stop.cpu()
     if len(s) and not (0 <= s.min() and s.max() <= N): raise ValueError(f"stop must lie in [0, {N}] (the grid's steps), got {s.min().item()}..{s.max().item()}")
-    return [int((s > k).sum()) for k in range(N)]
+    return (len(s) - torch.bincount(s, minlength=N + 1).cumsum(0))[:N].tolist()   # n - #{i: stop_i <= k}
 
 def integrate(f:Callable, # the field f(x, t) -> velocity shaped like x; t is a per-sample tensor (n,)
               x:Tensor, # initial particles, batch-first (n, ...)
