@@ -365,6 +365,16 @@ def test_random_states_match_the_plain_computation():
     torch.testing.assert_close(z, zp, rtol=1e-5, atol=1e-5); assert torch.equal(t, tp)
     assert (zp - z0).norm(dim=1).max() > 0.1 and len(set(t.tolist())) == DF_CFG.K   # moved, at every step but the last
 
+def test_sampling_matches_the_plain_computation():
+    "Samples (the time embedded once per step) = the flow integrated with the time as a per-sample tensor."
+    seed_everything(0); m = build_df()
+    for _ in range(40): m.train_step()
+    torch.manual_seed(2); x = m.sample(300)
+    torch.manual_seed(2)
+    with torch.no_grad(): xp = integrate(per_sample_time(m.field), m.particles.prior.sample(300, 'cpu'), m.particles.grid)
+    torch.testing.assert_close(x, xp, rtol=1e-5, atol=1e-5)
+    torch.manual_seed(2); assert (xp - m.particles.prior.sample(300, 'cpu')).norm(dim=1).max() > 0.1
+
 def test_per_sample_time_materialises_a_shared_time():
     seen = []
     f = per_sample_time(lambda x, t: seen.append(t.stride()) or x)
