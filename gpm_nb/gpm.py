@@ -20,10 +20,10 @@ from .monoflow import GAN_LOSSES, gan_loss
 
 # %% auto #0
 __all__ = ['GP_ON', 'positive', 'nonneg', 'METHODS', 'DISCR_FLOW_PRESETS', 'GAN_PRESETS', 'DiscriminatorField', 'GaussianPrior',
-           'FreeParticles', 'per_sample_time', 'plain_random_states', 'push_loss', 'Generator', 'Recipe', 'DiscrFlow',
-           'GAN', 'RunConfig', 'DiscriminatorConfig', 'DiscrFlowConfig', 'GANConfig', 'override', 'discriminator_net',
-           'generator_net', 'discr_flow', 'gan', 'schedule_cbs', 'Method', 'register', 'get_method', 'out_of_range',
-           'evaluate']
+           'FreeParticles', 'per_sample_time', 'plain_random_states', 'push_loss', 'Generator', 'Recipe', 'flow_grid',
+           'DiscrFlow', 'GAN', 'RunConfig', 'DiscriminatorConfig', 'DiscrFlowConfig', 'GANConfig', 'override',
+           'discriminator_net', 'generator_net', 'discr_flow', 'gan', 'schedule_cbs', 'Method', 'register',
+           'get_method', 'out_of_range', 'evaluate']
 
 # %% ../nbs/16_gpm.ipynb #d58e02cd
 GP_ON = ('interp', 'real', 'fake')
@@ -200,17 +200,24 @@ class Recipe(nn.Module):
     @property
     def shape(self): return tuple(self.data.sample(1, device='cpu').shape[1:])
 
+# %% ../nbs/16_gpm.ipynb #e97a4d3a
+def flow_grid(K:int, power:float=1.) -> Tensor:
+    "Discriminator Flow's times t_k = (k/K)^power, k = 0..K: uniform for power 1; power < 1 takes large steps first and small ones last."
+    return torch.linspace(0, 1, K + 1, dtype=torch.float64) ** power
+
+
 # %% ../nbs/16_gpm.ipynb #03d16ec8
 class DiscrFlow(Recipe):
     "Discriminator Flow: a time-conditioned discriminator field pushing free particles (eq. 3)."
     def __init__(self, field:Field, # a learned field in flow time, e.g. `DiscriminatorField`
-                 particles:FreeParticles, # prior + grid t_k = k/K + integrator
+                 particles:FreeParticles, # prior + grid t_k = (k/K)^p + integrator
                  data, # has `sample(n, device)`
                  batch_size:int=128, # data and particles per iteration
                  ema:float=0., # decay of the field average used to sample (0: none)
-                 bf16:bool=False): # run the flow (not the field's training) with bfloat16 matrix products
+                 bf16:bool=False, # run the flow (not the field's training) with bfloat16 matrix products
+                 grid_power:float=1.): # the particles' grid is `flow_grid(K, grid_power)`: sampling with other steps keeps its shape
         super().__init__(data, batch_size)
-        self.field, self.particles, self.bf16 = field, particles, bf16
+        self.field, self.particles, self.bf16, self.grid_power = field, particles, bf16, grid_power
         self.field_ema = EMA(field, ema) if ema else None
     @property
     def K(self): return len(self.particles.grid) - 1
@@ -238,8 +245,8 @@ def sample(self:DiscrFlow, n:int, # number of samples
            steps:int|None=None, # flow steps on [0, 1] (default: the trained K)
            ema:bool=True): # follow the averaged field when there is one
     "`n` new samples: prior draws integrated along the field (3)."
-    grid = None if steps is None else torch.linspace(0, 1, steps + 1, dtype=torch.float64)
     if steps is not None and steps < 1: raise ValueError(f"steps must be >= 1, got {steps}")
+    grid = None if steps is None else flow_grid(steps, self.grid_power)
     with self.flow_precision(): return self.particles.sample(self.sampling_field if ema else self.field, n, self.device, grid)
 
 # %% ../nbs/16_gpm.ipynb #0d40a441
@@ -338,9 +345,11 @@ class DiscrFlowConfig(DiscriminatorConfig):
     eta: float = 20.           # step scale: each step moves eta/K times the field
     t_emb: int = 128           # Fourier time-embedding size
     bf16: bool = False         # flow in bfloat16 matrix products (the discriminator trains in float32)
+    grid_power: float = 1.     # flow times t_k = (k/K)^grid_power: < 1 takes large steps first and small ones last
     def __post_init__(self):
         super().__post_init__()
-        _check(self, K=positive, eta=(lambda v: v > 0, '> 0'), t_emb=(lambda v: v >= 2 and v % 2 == 0, 'even and >= 2'))
+        _check(self, K=positive, eta=(lambda v: v > 0, '> 0'), t_emb=(lambda v: v >= 2 and v % 2 == 0, 'even and >= 2'),
+               grid_power=(lambda v: v > 0, '> 0'))
 
 @dataclass(frozen=True)
 class GANConfig(DiscriminatorConfig):
@@ -406,8 +415,8 @@ def discr_flow(data, # has `sample(n, device)`
                device=None) -> DiscrFlow:
     "Discriminator Flow: a time-conditioned discriminator field pushing free particles from N(0, I)."
     shape = tuple(data.sample(1, device='cpu').shape[1:])
-    particles = FreeParticles(GaussianPrior(shape), torch.linspace(0, 1, cfg.K + 1, dtype=torch.float64))
-    return DiscrFlow(_field(shape, cfg, cfg.t_emb, cfg.eta), particles, data, run.batch_size, cfg.ema, cfg.bf16).to(device or default_device())
+    particles = FreeParticles(GaussianPrior(shape), flow_grid(cfg.K, cfg.grid_power))
+    return DiscrFlow(_field(shape, cfg, cfg.t_emb, cfg.eta), particles, data, run.batch_size, cfg.ema, cfg.bf16, cfg.grid_power).to(device or default_device())
 
 # %% ../nbs/16_gpm.ipynb #91ab28e3
 def gan(data, # has `sample(n, device)`

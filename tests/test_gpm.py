@@ -10,7 +10,7 @@ from gpm_nb.gpm import (DiscriminatorField, GaussianPrior, FreeParticles, Genera
                         RunConfig, DiscriminatorConfig, DiscrFlowConfig, GANConfig, override, discriminator_net,
                         generator_net, discr_flow, gan, schedule_cbs, Method, METHODS, register, get_method,
                         out_of_range, evaluate, gan_loss, GAN_LOSSES, DISCR_FLOW_PRESETS, GAN_PRESETS,
-                        plain_random_states, per_sample_time)
+                        plain_random_states, per_sample_time, flow_grid)
 from gpm_nb.train import Trainer, CheckpointCB, load_checkpoint, LinearDecayCB
 
 DF_RUN, DF_CFG = DISCR_FLOW_PRESETS['quick']
@@ -374,6 +374,17 @@ def test_sampling_matches_the_plain_computation():
     with torch.no_grad(): xp = integrate(per_sample_time(m.field), m.particles.prior.sample(300, 'cpu'), m.particles.grid)
     torch.testing.assert_close(x, xp, rtol=1e-5, atol=1e-5)
     torch.manual_seed(2); assert (xp - m.particles.prior.sample(300, 'cpu')).norm(dim=1).max() > 0.1
+
+def test_flow_grid_and_sampling_with_other_steps():
+    "t_k = (k/K)^p: uniform at p = 1; the model samples with another number of steps on a grid of the same power."
+    assert torch.equal(flow_grid(4), torch.linspace(0, 1, 5, dtype=torch.float64))
+    torch.testing.assert_close(flow_grid(4, .5), torch.linspace(0, 1, 5, dtype=torch.float64).sqrt())
+    seed_everything(0); m = build_df(grid_power=.5)
+    assert m.grid_power == .5 and torch.equal(m.particles.grid, flow_grid(DF_CFG.K, .5))
+    torch.manual_seed(3); a = m.sample(8, steps=6)
+    torch.manual_seed(3); b = integrate(m.field, m.particles.prior.sample(8, 'cpu'), flow_grid(6, .5))
+    torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match='grid_power must be > 0'): DiscrFlowConfig(grid_power=0.)
 
 def test_per_sample_time_materialises_a_shared_time():
     seen = []
