@@ -16,7 +16,6 @@ from .metrics import energy_distance, metric_floor
 from .train import (Trainer, Callback, LogCB, ProgressCB, EvalCB, CheckpointCB, BestCheckpointCB, read_checkpoint, load_checkpoint,
                           NonFiniteLossError, init_distributed, dist_info, rank_seed)
 from .gpm import METHODS, get_method, RunConfig, override, evaluate, schedule_cbs, plain_random_states, per_sample_time
-from .integrate import integrate
 from .monoflow import GAN_LOSSES
 from .scores import SAMPLERS
 import gpm_nb.score_models   # registers edm, sd_flow and score_gan
@@ -383,8 +382,7 @@ def bench_compare(data:str='gaussians5', preset:str='gpu', iters:int=20, n_sampl
     sync = torch.cuda.synchronize if torch.device(device).type == 'cuda' else (lambda: None)
     n, parts, field = model.batch_size, model.particles, model.field
     def plain_step(): return field.fit_step(model.data.sample(n, device=device), *plain_random_states(parts, field, n, device))
-    @torch.no_grad()
-    def plain_sample(): return integrate(per_sample_time(field), parts.prior.sample(n_samples, device), parts.grid, parts.method, parts.g)
+    def plain_sample(): return parts.sample(per_sample_time(model.sampling_field), n_samples, device)
     def bf16(fn, on=True):
         def run():
             model.bf16, was = on, model.bf16

@@ -119,12 +119,14 @@ def trajectory(self:FreeParticles, field:Callable, # the field f(x, t) to follow
 @torch.no_grad()
 def random_states(self:FreeParticles, field:Callable, # the field the particles follow
                   n:int, # number of particles
-                  device=None) -> tuple: # where they live
+                  device=None, # where they live
+                  whole:bool=False) -> tuple: # integrate every particle's whole trajectory, then pick (the plain computation)
     "(z, t): `n` prior draws taken along `field`, each stopped at its own random step k < N of the grid, and t_k."
     N = len(self.grid) - 1
     z0 = self.prior.sample(n, device)
     k = torch.randint(N, (n,), device=z0.device)
-    z = integrate(field, z0, self.grid, self.method, self.g, stop=k)   # particle i moves k_i steps only
+    if whole: z = self.trajectory(field, z0, n_steps=N - 1)[k, torch.arange(n, device=z0.device)]
+    else: z = integrate(field, z0, self.grid, self.method, self.g, stop=k)   # particle i moves k_i steps only
     return z, self.grid.to(z.device)[k].float()
 
 # %% ../nbs/16_gpm.ipynb #3ce8eed1
@@ -132,14 +134,9 @@ def per_sample_time(field:Callable) -> Callable:
     "`field` given its time as a full per-sample tensor: no network may embed a time shared by all rows once."
     return lambda x, t: field(x, t.contiguous())
 
-@torch.no_grad()
 def plain_random_states(particles:FreeParticles, field:Callable, n:int, device=None) -> tuple:
-    "`random_states` computed plainly, as GPM's paper and code write it: every particle's whole trajectory, then the chosen states."
-    N = len(particles.grid) - 1
-    z0 = particles.prior.sample(n, device)
-    k = torch.randint(N, (n,), device=z0.device)
-    zs = particles.trajectory(per_sample_time(field), z0, n_steps=N - 1)
-    return zs[k, torch.arange(n, device=z0.device)], particles.grid.to(z0.device)[k].float()
+    "`random_states` computed plainly, as GPM's paper and code write it: every particle's whole trajectory, the time per sample, then the chosen states."
+    return particles.random_states(per_sample_time(field), n, device, whole=True)
 
 # %% ../nbs/16_gpm.ipynb #293b42cc
 @patch
@@ -204,7 +201,6 @@ class Recipe(nn.Module):
 def flow_grid(K:int, power:float=1.) -> Tensor:
     "Discriminator Flow's times t_k = (k/K)^power, k = 0..K: uniform for power 1; power < 1 takes large steps first and small ones last."
     return torch.linspace(0, 1, K + 1, dtype=torch.float64) ** power
-
 
 # %% ../nbs/16_gpm.ipynb #03d16ec8
 class DiscrFlow(Recipe):
