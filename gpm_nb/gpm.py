@@ -464,6 +464,8 @@ DISCR_FLOW_PRESETS = {
               DiscrFlowConfig(width=64, depth=2, t_emb=32, K=14, gp=0.1, gp_on='interp', eta=40.)),
     'mnist': (RunConfig(steps=200_000, eval_every=10_000, n_eval=10_000),
               DiscrFlowConfig(loss='ipm', K=64, eta=2., gp=0.04, gp_center=0., gp_on='interp')),
+    'digits': (RunConfig(steps=3000, lr_decay=0.5, n_eval=5000),
+               DiscrFlowConfig(K=28, width=512, gp=0.1, gp_on='interp', eta=20., lr=2e-3, ema=0.999)),
 }
 GAN_PRESETS = {
     'gpu': (RunConfig(steps=1900), GANConfig()),

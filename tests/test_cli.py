@@ -438,6 +438,21 @@ def test_method_specific_presets():
     assert (cfg.loss, cfg.K, cfg.eta, cfg.gp, cfg.gp_center, run.steps) == ('ipm', 64, 2., 0.04, 0., 200_000)
     with pytest.raises(ValueError, match="unknown preset 'mnist' for gan: choose one of quick, cpu, gpu"): run_configs('gan', 'mnist')
 
+def test_discr_flow_digits_preset(capsys, tmp_path):
+    "Discriminator Flow's `digits` preset trains on digits and samples with its averaged discriminator, which the checkpoint keeps."
+    out = tmp_path/'r'
+    code, msg = cli(capsys, gpm_train, '--method', 'discr_flow', '--data', 'digits', '--preset', 'digits', '--steps', 4,
+                    '--eval_every', 2, '--n_eval', 64, '--n_samples', 64, '--out', out, '--quiet')
+    assert code == 0, msg
+    cfg = json.loads((out/'config.json').read_text())
+    cpu = run_configs('discr_flow', 'cpu')[1]
+    assert cfg['preset'] == 'digits' and cfg['cfg']['ema'] > 0 and cfg['cfg']['lr'] > cpu.lr and cfg['cfg']['width'] > cpu.width
+    assert np.load(out/'samples.npy').shape == (64, 1, 8, 8)
+    state = torch.load(out/'checkpoint.pt', weights_only=False)['model']
+    assert any(k.startswith('field_ema.avg.net.blocks') for k in state)       # the conv discriminator's average is saved
+    code, msg = cli(capsys, gpm_train, '--method', 'gan', '--data', 'digits', '--preset', 'digits', '--out', tmp_path/'g')
+    assert code == 2 and "unknown preset 'digits' for gan" in msg, msg
+
 # ---------------------------------------------------------------- folders of images
 
 def _png_folder(root, sizes, mode='L'):

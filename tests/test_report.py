@@ -1,0 +1,39 @@
+"gpm_nb.report: a report's runs through the CLI (and their reuse), the verdict against the 2-D bar, and the digits table."
+import json
+from gpm_nb.report import run_cli, verdict, run_label, digits_table
+
+def _run(**kw):
+    return {**dict(method='discr_flow', data='gaussians5', preset='cpu', status=0, wall_s=90, err='', energy=0.004, energy_floor=0.002), **kw}
+
+def test_verdict_passes_and_names_each_miss():
+    assert verdict(_run()) == (True, '')
+    assert verdict(_run(energy=0.025, energy_floor=0.001)) == (True, '')                  # under the absolute 0.03
+    ok, why = verdict(_run(energy=0.05, energy_floor=0.008))                                # over max(5 x floor, 0.03)
+    assert not ok and why == 'energy 0.05 > 0.04'
+    ok, why = verdict(_run(high_quality=0.85, modes_covered=7, n_modes=8))
+    assert not ok and why == '85% within 3 std; 7/8 modes'
+    assert verdict(_run(high_quality=0.95, modes_covered=8, n_modes=8)) == (True, '')
+
+def test_verdict_of_a_failed_run_gives_its_reason():
+    r = dict(method='gan', data='moons', status=3, err='Traceback ... boom', diverged='particles left the data at step 900')
+    assert verdict(r) == (False, 'exit 3: particles left the data at step 900')
+    assert verdict(dict(r, diverged=None)) == (False, 'exit 3: Traceback ... boom')
+
+def test_run_label_and_digits_table():
+    assert run_label(_run()) == 'discr_flow (cpu)' and run_label({'method': 'gan'}) == 'gan'   # reports written before the preset was kept
+    figs = dict(fd=10.5, fd_floor=1.65, precision=0.5, precision_floor=0.9, recall=0.92, recall_floor=0.91, classes_covered=10)
+    lines = digits_table([(_run(**figs, preset='digits'), None), (dict(_run(**figs), method='gan'), None)]).splitlines()
+    assert len(lines) == 3 and lines[0].startswith('method (preset)')
+    assert lines[1].startswith('discr_flow (digits)') and ' 6.4 ' in lines[1] and '10/10' in lines[1]   # FD / floor = 6.4
+    assert lines[2].startswith('gan (cpu)')
+
+def test_run_cli_trains_once_then_reuses(tmp_path):
+    r, out = run_cli(tmp_path, 'quick', 'discr_flow', 'gaussians5', '--steps', '3', '--n_samples', '64', tag='t')
+    assert out == tmp_path/'discr_flow-gaussians5-t' and r['status'] == 0, r['err']
+    assert (r['method'], r['data'], r['preset']) == ('discr_flow', 'gaussians5', 'quick') and r['energy'] > 0
+    assert json.loads((out/'report.json').read_text()) == r and (out/'samples.npy').exists()
+    (out/'samples.npy').unlink()                                                            # a second call trains nothing
+    assert run_cli(tmp_path, 'quick', 'discr_flow', 'gaussians5', '--steps', '3', tag='t') == (r, out)
+    assert not (out/'samples.npy').exists()
+    bad, _ = run_cli(tmp_path, 'quick', 'no_such_method', 'gaussians5')
+    assert bad['status'] == 2 and 'no_such_method' in bad['err'] and not verdict(bad)[0]
