@@ -311,10 +311,19 @@ def gpm_sample(argv:list|None=None):
     np.save(a.out, x.cpu().numpy()); print(f"wrote {tuple(x.shape)} samples to {a.out}")
 
 # %% ../nbs/20_cli.ipynb #6de08705
+def _reset_peak_mem(device):
+    "Start a new memory peak: CUDA's statistics, or on Linux the process's resident high-water mark (`/proc/self/clear_refs`)."
+    if torch.device(device).type == 'cuda': return torch.cuda.reset_peak_memory_stats(device)
+    try: Path('/proc/self/clear_refs').write_text('5')
+    except OSError: pass          # not Linux, or not permitted: the peak stays the one since the process started
+
 def _peak_mem_mb(device) -> float:
+    "Peak memory (MB) since `_reset_peak_mem`: CUDA's allocated peak, or the resident high-water mark (Linux's VmHWM, else `ru_maxrss`)."
     if torch.device(device).type == 'cuda': return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try: return next(int(l.split()[1]) for l in Path('/proc/self/status').read_text().splitlines() if l.startswith('VmHWM:')) / 1024
+    except (OSError, StopIteration):
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == 'darwin' else 1024)
 
 def count_nfe(model:torch.nn.Module, # the trained model: its networks are its submodules
               fn:Callable): # draws samples, e.g. `lambda: model.sample(256)`
@@ -337,7 +346,7 @@ def bench(method:str='discr_flow', data:str='gaussians5', preset:str='gpu', iter
     device = device or default_device()
     model = make_run(method, data, preset, device=device, **overrides)['model']
     sync = torch.cuda.synchronize if torch.device(device).type == 'cuda' else (lambda: None)
-    if torch.device(device).type == 'cuda': torch.cuda.reset_peak_memory_stats(device)
+    _reset_peak_mem(device)                                  # the peak of this model alone, whatever ran before in this process
     model.train_step(); sync()                               # warm-up
     t0 = time.perf_counter()
     for _ in range(iters): model.train_step()

@@ -1,5 +1,5 @@
 "Console scripts: the run-folder contract, seeds, resume guards, evaluation apart from training, divergence, user arrays and images, and clear errors with exit status 2."
-import json, os, re, subprocess
+import json, os, re, subprocess, sys
 from dataclasses import asdict
 import numpy as np, pytest, torch
 from gpm_nb.core import seed_everything
@@ -493,3 +493,24 @@ def test_bad_image_folders_say_which_file(capsys, tmp_path):
     assert code == 2 and 'broken.png' in msg, msg
     code, msg = cli(capsys, gpm_train, '--data', 'mnist', '--preset', 'quick', '--out', tmp_path/'r')
     assert code == 2 and 'MNIST' in msg and 'GPM_DATA' in msg, msg
+
+def test_peak_memory_is_each_benchmarks_own():
+    "A benchmark's peak memory is measured from its own start, not the process's past (Linux: VmHWM reset through clear_refs)."
+    from gpm_nb.cli import _peak_mem_mb, _reset_peak_mem
+    big = torch.ones(2**27); del big                                    # 512 MB, freed: only the peak remembers it
+    before = _peak_mem_mb('cpu')
+    assert before > 512
+    if not os.path.exists('/proc/self/clear_refs'): pytest.skip('no /proc/self/clear_refs: the peak is the process lifetime one')
+    _reset_peak_mem('cpu')
+    assert _peak_mem_mb('cpu') < before - 256
+    big = torch.ones(2**27); del big
+    assert bench('gan', preset='quick', iters=1, n_samples=16, device='cpu')['peak_mem_mb'] < before - 256
+
+def test_gpm_bench_child_process_does_not_inherit_the_parents_peak():
+    "A `gpm_bench` started from a process with a large resident size reports its own peak (ru_maxrss would report the parent's)."
+    big = torch.ones(2**28)                                             # 1 GB resident in this process while the child starts
+    r = subprocess.run([os.path.join(os.path.dirname(sys.executable), 'gpm_bench'), '--method', 'gan', '--preset', 'quick',
+                        '--iters', '1', '--n_samples', '16'], capture_output=True, text=True)
+    del big
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)['peak_mem_mb'] < 900
