@@ -311,6 +311,10 @@ def gpm_sample(argv:list|None=None):
     np.save(a.out, x.cpu().numpy()); print(f"wrote {tuple(x.shape)} samples to {a.out}")
 
 # %% ../nbs/20_cli.ipynb #6de08705
+def _synchronizer(device) -> Callable:
+    "What waits for `device`'s queued work before a clock is read: `torch.cuda.synchronize` on a GPU, nothing on a CPU."
+    return torch.cuda.synchronize if torch.device(device).type == 'cuda' else (lambda: None)
+
 def _reset_peak_mem(device):
     "Start a new memory peak: CUDA's statistics, or on Linux the process's resident high-water mark (`/proc/self/clear_refs`)."
     if torch.device(device).type == 'cuda': return torch.cuda.reset_peak_memory_stats(device)
@@ -345,7 +349,7 @@ def bench(method:str='discr_flow', data:str='gaussians5', preset:str='gpu', iter
     "Time `iters` training iterations and drawing `n_samples` (with config `overrides`); report NFE, peak memory and, with `profile` > 0, that many top operators."
     device = device or default_device()
     model = make_run(method, data, preset, device=device, **overrides)['model']
-    sync = torch.cuda.synchronize if torch.device(device).type == 'cuda' else (lambda: None)
+    sync = _synchronizer(device)
     _reset_peak_mem(device)                                  # the peak of this model alone, whatever ran before in this process
     model.train_step(); sync()                               # warm-up
     t0 = time.perf_counter()
@@ -388,7 +392,7 @@ def bench_compare(data:str='gaussians5', preset:str='gpu', iters:int=20, n_sampl
     "Seconds per Discriminator Flow training iteration and per `n_samples` samples: the plain computation, ours, ours with a bfloat16 flow."
     device = device or default_device()
     model = make_run('discr_flow', data, preset, device=device, **overrides)['model']
-    sync = torch.cuda.synchronize if torch.device(device).type == 'cuda' else (lambda: None)
+    sync = _synchronizer(device)
     n, parts, field = model.batch_size, model.particles, model.field
     def plain_step(): return field.fit_step(model.data.sample(n, device=device), *plain_random_states(parts, field, n, device))
     def plain_sample(): return parts.sample(per_sample_time(model.sampling_field), n_samples, device)
