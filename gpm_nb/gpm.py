@@ -318,7 +318,7 @@ class DiscriminatorConfig:
     shift: float = 0.          # shift C of the saturating loss (0 for the others)
     width: int = 512           # discriminator MLP width
     depth: int = 4             # discriminator MLP hidden layers
-    init_std: float = 0.02     # N(0, init_std^2) weights
+    init_std: float = 0.02     # N(0, init_std^2) weights, biases 0; 0: PyTorch's default init (MLPs)
     lr: float = 2e-4           # Adam learning rate of the discriminator
     beta1: float = 0.5         # Adam beta1
     beta2: float = 0.999       # Adam beta2
@@ -329,7 +329,7 @@ class DiscriminatorConfig:
     def __post_init__(self):
         gan_loss(self.loss, self.shift)
         if self.gp_on not in GP_ON: raise ValueError(f"config field gp_on must be one of {', '.join(GP_ON)}, got {self.gp_on!r}")
-        _check(self, width=positive, depth=positive, init_std=(lambda v: v > 0, '> 0'), lr=(lambda v: v > 0, '> 0'),
+        _check(self, width=positive, depth=positive, init_std=(lambda v: v >= 0, ">= 0 (0: PyTorch's default init)"), lr=(lambda v: v > 0, '> 0'),
                beta1=(lambda v: 0 <= v < 1, 'in [0, 1)'), beta2=(lambda v: 0 <= v < 1, 'in [0, 1)'), gp=nonneg,
                ema=(lambda v: 0 <= v < 1, 'in [0, 1)'))
 
@@ -392,12 +392,12 @@ def _net_kind(shape:tuple, what:str) -> str:
 
 def discriminator_net(shape:tuple, cfg:DiscriminatorConfig, t_emb:int=0) -> nn.Module:
     "A discriminator D(x, t) for samples of `shape`: an MLP for vectors, a conv net for images (t_emb=0: no time)."
-    if _net_kind(shape, 'discriminator') == 'vector': return MLP(shape[0], 1, cfg.width, cfg.depth, t_emb, init_std=cfg.init_std)
+    if _net_kind(shape, 'discriminator') == 'vector': return MLP(shape[0], 1, cfg.width, cfg.depth, t_emb, init_std=cfg.init_std or None)
     return ConvNet(shape[0], shape[1], max(cfg.width // 8, 8), 1, t_emb)
 
 def generator_net(shape:tuple, cfg:GANConfig) -> nn.Module:
     "A generator z -> x for samples of `shape`: an MLP for vectors, a conv generator for images."
-    if _net_kind(shape, 'generator') == 'vector': return MLP(cfg.latent, shape[0], cfg.g_width, cfg.g_depth, 0, init_std=cfg.init_std)
+    if _net_kind(shape, 'generator') == 'vector': return MLP(cfg.latent, shape[0], cfg.g_width, cfg.g_depth, 0, init_std=cfg.init_std or None)
     return ConvGenerator(cfg.latent, shape[0], shape[1], max(cfg.g_width // 8, 8))
 
 # %% ../nbs/16_gpm.ipynb #6786bd89
@@ -459,7 +459,7 @@ def get_method(name:str) -> Method:
 DISCR_FLOW_PRESETS = {
     'gpu': (RunConfig(), DiscrFlowConfig()),
     'cpu': (RunConfig(steps=4000, lr_decay=0.5, n_eval=5000),
-            DiscrFlowConfig(K=28, width=256, depth=3, gp=0.1, gp_on='interp', eta=40.)),
+            DiscrFlowConfig(K=28, width=256, depth=3, init_std=0., gp=0.1, gp_on='interp', eta=40.)),
     'quick': (RunConfig(steps=150, eval_every=150, n_eval=500),
               DiscrFlowConfig(width=64, depth=2, t_emb=32, K=14, gp=0.1, gp_on='interp', eta=40.)),
     'mnist': (RunConfig(steps=200_000, eval_every=10_000, n_eval=10_000),
