@@ -223,3 +223,13 @@ def test_bad_input_elsewhere(capsys, tmp_path):
     with pytest.raises(ValueError, match='sigma_n must be set'): diffusion_gan(gaussians5(), DiffusionGANConfig())
     code, msg = cli(capsys, gpm_train, '--method', 'diffusion_gan', '--preset', 'quick', '--d_target', '2', '--out', tmp_path/'x')
     assert code == 2 and 'config field d_target must be in (0, 1)' in msg and 'Traceback' not in msg, msg
+
+def test_init_std_zero_reaches_the_level_net():
+    "init_std=0 means PyTorch's init for the diffused discriminator's MLP too (never N(0, 0) weights)."
+    torch.manual_seed(0)
+    m = diffusion_gan(gaussians5(), DiffusionGANConfig(sigma_n=0.2, width=32, depth=2, g_width=32, g_depth=2, latent=8, init_std=0.),
+                      RunConfig(batch_size=16), device='cpu')
+    lin = next(l for l in m.field.field.net.modules() if isinstance(l, nn.Linear))
+    assert lin.weight.std() > 0.05 and lin.bias.abs().max() > 0.01
+    g = next(l for l in m.generator.net.modules() if isinstance(l, nn.Linear))
+    assert g.weight.std() > 0.05 and g.bias.abs().max() > 0.01
