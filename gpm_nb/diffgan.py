@@ -141,7 +141,7 @@ class LevelNet(nn.Module):
                  width:int=256, depth:int=3, # MLP width and hidden layers (conv: width // 8 channels)
                  t_emb:int=0, # flow-time embedding (0: D ignores t, as in a GAN)
                  s_emb:int=32, # level embedding
-                 init_std:float|None=0.02): # MLP weights N(0, init_std^2); None: PyTorch's default init
+                 init_std:float|None=0.02): # MLP weights N(0, init_std^2); None or 0: PyTorch's default init
         super().__init__()
         self.vector = _net_kind(shape, 'discriminator') == 'vector'
         if self.vector:
@@ -255,7 +255,7 @@ def diffusion(cfg:DiffusionFields) -> AdaptiveDiffusion:
 
 def diffused_field(shape:tuple, cfg, t_emb:int, eta:float) -> DiffusedField:
     "A `DiffusedField` over a `DiscriminatorField` with a `LevelNet` for samples of `shape`."
-    net = LevelNet(shape, cfg.width, cfg.depth, t_emb, cfg.s_emb, cfg.init_std or None)
+    net = LevelNet(shape, cfg.width, cfg.depth, t_emb, cfg.s_emb, cfg.init_std)
     f = DiscriminatorField(net, cfg.loss, cfg.shift, cfg.lr, (cfg.beta1, cfg.beta2), cfg.gp, cfg.gp_center, cfg.gp_on, eta)
     return DiffusedField(f, diffusion(cfg), cfg.n_draws)
 

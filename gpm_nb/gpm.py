@@ -392,12 +392,12 @@ def _net_kind(shape:tuple, what:str) -> str:
 
 def discriminator_net(shape:tuple, cfg:DiscriminatorConfig, t_emb:int=0) -> nn.Module:
     "A discriminator D(x, t) for samples of `shape`: an MLP for vectors, a conv net for images (t_emb=0: no time)."
-    if _net_kind(shape, 'discriminator') == 'vector': return MLP(shape[0], 1, cfg.width, cfg.depth, t_emb, init_std=cfg.init_std or None)
+    if _net_kind(shape, 'discriminator') == 'vector': return MLP(shape[0], 1, cfg.width, cfg.depth, t_emb, init_std=cfg.init_std)
     return ConvNet(shape[0], shape[1], max(cfg.width // 8, 8), 1, t_emb)
 
 def generator_net(shape:tuple, cfg:GANConfig) -> nn.Module:
     "A generator z -> x for samples of `shape`: an MLP for vectors, a conv generator for images."
-    if _net_kind(shape, 'generator') == 'vector': return MLP(cfg.latent, shape[0], cfg.g_width, cfg.g_depth, 0, init_std=cfg.init_std or None)
+    if _net_kind(shape, 'generator') == 'vector': return MLP(cfg.latent, shape[0], cfg.g_width, cfg.g_depth, 0, init_std=cfg.init_std)
     return ConvGenerator(cfg.latent, shape[0], shape[1], max(cfg.g_width // 8, 8))
 
 # %% ../nbs/16_gpm.ipynb #6786bd89

@@ -49,7 +49,7 @@ class MLP(nn.Module):
                  depth:int=4, # number of hidden layers
                  t_emb:int=128, # size of the time embedding; 0: no time input
                  act:Callable[[], nn.Module]=leaky_relu, # factory of the activation module
-                 init_std:float|None=0.02): # N(0, init_std^2) weights; None: PyTorch's default init
+                 init_std:float|None=0.02): # N(0, init_std^2) weights; None or 0: PyTorch's default init
         super().__init__()
         if min(d_in, d_out, width, depth) < 1: raise ValueError("d_in, d_out, width and depth must be >= 1")
         self.d_in, self.d_out = d_in, d_out
@@ -57,7 +57,7 @@ class MLP(nn.Module):
         dims = [d_in + t_emb] + [width] * depth
         layers = [m for a, b in zip(dims, dims[1:]) for m in (nn.Linear(a, b), act())]
         self.net = nn.Sequential(*layers, nn.Linear(dims[-1], d_out))
-        if init_std is not None: init_normal_(self, init_std)
+        if init_std: init_normal_(self, init_std)
     def forward(self, x:Tensor, t:Tensor|None=None) -> Tensor:
         check_shape(x, (None, self.d_in))
         if self.embed is None: out = self.net(x)
@@ -132,7 +132,7 @@ class ConvGenerator(nn.Module):
                  c_out:int=1, # image channels
                  size:int=8, # image side in pixels: 8, 28, 32 or 64
                  width:int=64, # channels of the last block, doubled at each block towards z
-                 init_std:float|None=0.02): # N(0, init_std^2) weights as in DCGAN; None: PyTorch's default init
+                 init_std:float|None=0.02): # N(0, init_std^2) weights as in DCGAN; None or 0: PyTorch's default init
         super().__init__()
         if size not in self.SIZES:
             raise ValueError(f"ConvGenerator supports image sizes {', '.join(map(str, self.SIZES))}, got {size}")
@@ -143,7 +143,7 @@ class ConvGenerator(nn.Module):
         self.proj = nn.Sequential(nn.Linear(latent, c0 * s0 * s0), nn.Unflatten(1, (c0, s0, s0)), _norm(c0), leaky_relu())
         self.blocks = nn.Sequential(*[UpBlock(width * 2**(j + 1), width * 2**j) for j in reversed(range(k))])
         self.out = nn.Conv2d(width, c_out, 3, 1, 1)
-        if init_std is not None: init_normal_(self, init_std)
+        if init_std: init_normal_(self, init_std)
     def forward(self, z:Tensor) -> Tensor:
         check_shape(z, (None, self.latent), 'z')
         return torch.tanh(self.out(self.blocks(self.proj(z))))
