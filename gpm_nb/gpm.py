@@ -19,11 +19,11 @@ from .train import Callback, LinearDecayCB, EMA
 from .monoflow import GAN_LOSSES, gan_loss
 
 # %% auto #0
-__all__ = ['GP_ON', 'positive', 'nonneg', 'METHODS', 'DISCR_FLOW_PRESETS', 'GAN_PRESETS', 'DiscriminatorField', 'GaussianPrior',
-           'FreeParticles', 'per_sample_time', 'plain_random_states', 'push_loss', 'Generator', 'Recipe', 'flow_grid',
-           'DiscrFlow', 'GAN', 'RunConfig', 'DiscriminatorConfig', 'DiscrFlowConfig', 'GANConfig', 'override',
-           'discriminator_net', 'generator_net', 'discr_flow', 'gan', 'schedule_cbs', 'Method', 'register',
-           'get_method', 'out_of_range', 'evaluate']
+__all__ = ['GP_ON', 'positive', 'nonneg', 'init_std_rule', 'METHODS', 'DISCR_FLOW_PRESETS', 'GAN_PRESETS', 'DiscriminatorField',
+           'GaussianPrior', 'FreeParticles', 'per_sample_time', 'plain_random_states', 'push_loss', 'Generator',
+           'Recipe', 'flow_grid', 'DiscrFlow', 'GAN', 'RunConfig', 'DiscriminatorConfig', 'DiscrFlowConfig',
+           'GANConfig', 'override', 'discriminator_net', 'generator_net', 'discr_flow', 'gan', 'schedule_cbs', 'Method',
+           'register', 'get_method', 'out_of_range', 'evaluate']
 
 # %% ../nbs/16_gpm.ipynb #d58e02cd
 GP_ON = ('interp', 'real', 'fake')
@@ -295,6 +295,7 @@ def _check(cfg, **rules):
 
 positive = (lambda v: v >= 1, '>= 1')
 nonneg = (lambda v: v >= 0, '>= 0')
+init_std_rule = (lambda v: v >= 0, ">= 0 (0: PyTorch's default init)")
 
 # %% ../nbs/16_gpm.ipynb #80b5bddd
 @dataclass(frozen=True)
@@ -329,7 +330,7 @@ class DiscriminatorConfig:
     def __post_init__(self):
         gan_loss(self.loss, self.shift)
         if self.gp_on not in GP_ON: raise ValueError(f"config field gp_on must be one of {', '.join(GP_ON)}, got {self.gp_on!r}")
-        _check(self, width=positive, depth=positive, init_std=(lambda v: v >= 0, ">= 0 (0: PyTorch's default init)"), lr=(lambda v: v > 0, '> 0'),
+        _check(self, width=positive, depth=positive, init_std=init_std_rule, lr=(lambda v: v > 0, '> 0'),
                beta1=(lambda v: 0 <= v < 1, 'in [0, 1)'), beta2=(lambda v: 0 <= v < 1, 'in [0, 1)'), gp=nonneg,
                ema=(lambda v: 0 <= v < 1, 'in [0, 1)'))
 

@@ -16,7 +16,7 @@ from .integrate import Field
 from .scores import Denoiser, edm_loss, to_d, get_sigmas_karras, get_sampler, SAMPLERS, edm_defaults
 from .sdflow import kernel_denoiser
 from .train import EMA, read_checkpoint
-from .gpm import (FreeParticles, GaussianPrior, Generator, GAN, Recipe, RunConfig, Method, register, push_loss, _check,
+from .gpm import (FreeParticles, GaussianPrior, Generator, GAN, Recipe, RunConfig, Method, register, push_loss, _check, init_std_rule,
                         positive, nonneg, _net_kind, GANConfig, generator_net)
 
 # %% auto #0
@@ -259,7 +259,7 @@ class _GeneratorFields:
     latent: int = 128          # latent size
     g_width: int = 512         # generator MLP width (conv generator: channels)
     g_depth: int = 4           # generator MLP hidden layers
-    init_std: float = 0.02     # N(0, init_std^2) generator weights
+    init_std: float = 0.02     # N(0, init_std^2) generator weights; 0: PyTorch's default init
     g_lr: float = 2e-4         # Adam learning rate of the generator
     g_beta1: float = 0.5       # its Adam beta1
     g_beta2: float = 0.999     # its Adam beta2
@@ -269,7 +269,7 @@ class _GeneratorFields:
     eta: float = 1.            # scale of the displacement (1)
     g_ema: float = 0.          # decay of the generator average used to sample (0: none)
     def __post_init__(self):
-        _check(self, latent=positive, g_width=positive, g_depth=positive, init_std=_pos, g_lr=_pos, g_beta1=_unit,
+        _check(self, latent=positive, g_width=positive, g_depth=positive, init_std=init_std_rule, g_lr=_pos, g_beta1=_unit,
                g_beta2=_unit, push_sigma_min=_pos, push_rho=_pos, eta=_pos, g_ema=_unit)
         if not self.push_sigma_min < self.push_sigma_max:
             raise ValueError(f"config fields push_sigma_min < push_sigma_max required, got {self.push_sigma_min!r} >= {self.push_sigma_max!r}")

@@ -1,6 +1,8 @@
 "gpm_nb.report: a report's runs through the CLI (and their reuse), the verdict against the 2-D bar, and the digits table."
 import json
-from gpm_nb.report import run_cli, verdict, run_label, digits_table
+from dataclasses import replace
+from gpm_nb.report import run_cli, run_key, verdict, run_label, digits_table
+from gpm_nb.gpm import METHODS
 
 def _run(**kw):
     return {**dict(method='discr_flow', data='gaussians5', preset='cpu', status=0, wall_s=90, err='', energy=0.004, energy_floor=0.002), **kw}
@@ -33,7 +35,21 @@ def test_run_cli_trains_once_then_reuses(tmp_path):
     assert (r['method'], r['data'], r['preset']) == ('discr_flow', 'gaussians5', 'quick') and r['energy'] > 0
     assert json.loads((out/'report.json').read_text()) == r and (out/'samples.npy').exists()
     (out/'samples.npy').unlink()                                                            # a second call trains nothing
-    assert run_cli(tmp_path, 'quick', 'discr_flow', 'gaussians5', '--steps', '3', tag='t') == (r, out)
+    assert run_cli(tmp_path, 'quick', 'discr_flow', 'gaussians5', '--steps', '3', '--n_samples', '64', tag='t') == (r, out)
     assert not (out/'samples.npy').exists()
+    assert r['key'] == run_key('quick', 'discr_flow', 'gaussians5', '--steps', '3', '--n_samples', '64')
     bad, _ = run_cli(tmp_path, 'quick', 'no_such_method', 'gaussians5')
     assert bad['status'] == 2 and 'no_such_method' in bad['err'] and not verdict(bad)[0]
+
+def test_run_cli_trains_again_when_the_command_or_the_preset_changed(tmp_path, monkeypatch):
+    args = ('quick', 'discr_flow', 'gaussians5', '--steps', '3', '--n_samples', '64')
+    r, out = run_cli(tmp_path, *args, tag='t')
+    assert r['status'] == 0 and r['step'] == 3, r['err']
+    r2, out2 = run_cli(tmp_path, *args[:4], '4', *args[5:], tag='t')                      # another command: --steps 4
+    assert out2 == out and r2['status'] == 0 and r2['step'] == 4 and r2['key'] != r['key']
+    m = METHODS['discr_flow']
+    run, cfg = m.presets['quick']
+    monkeypatch.setitem(m.presets, 'quick', (run, replace(cfg, eta=cfg.eta / 2)))           # the preset's definition changed
+    (out/'samples.npy').unlink()
+    r3, _ = run_cli(tmp_path, *args[:4], '4', *args[5:], tag='t')
+    assert r3['key']['preset_def'] != r2['key']['preset_def'] and (out/'samples.npy').exists()   # trained again

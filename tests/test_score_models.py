@@ -80,6 +80,18 @@ def test_sd_flow_field_has_no_parameters_of_its_own():
     out = m.train_step(); assert set(out) == {'g_loss', 'speed'} and math.isfinite(out['g_loss'])
     with pytest.raises(ValueError, match='do not apply'): m.sample(4, sampler='heun')
 
+def test_generator_init_std_zero_is_pytorchs_default_init():
+    "init_std=0 builds the generator with PyTorch's init (weights spread like U(+-1/sqrt(fan_in)), biases nonzero), never N(0, 0)."
+    torch.manual_seed(0)
+    g = sd_flow(gaussians5(), SDFlowConfig(latent=4, g_width=64, g_depth=1, init_std=0.), RunConfig(batch_size=16), device='cpu').generator.net
+    lin = [m for m in g.modules() if isinstance(m, torch.nn.Linear)]
+    w = lin[1].weight                                                      # 64 -> 64: U(+-1/8), std 1/(8 sqrt 3) = 0.072
+    assert abs(w.std().item() - 1 / (8 * math.sqrt(3))) < 0.01 and w.abs().max() <= 1 / 8 and lin[1].bias.abs().sum() > 0
+    torch.manual_seed(0)
+    g2 = sd_flow(gaussians5(), SDFlowConfig(latent=4, g_width=64, g_depth=1), RunConfig(batch_size=16), device='cpu').generator.net
+    w2 = [m for m in g2.modules() if isinstance(m, torch.nn.Linear)][1].weight
+    assert abs(w2.std().item() - 0.02) < 0.003                             # the default: N(0, 0.02^2)
+
 def test_edm_noise_range_resolved_from_the_data():
     p = gaussians5()
     cfg = resolve_noise(p, EDMConfig(sigma_data=0., sigma_min=0., sigma_max=0.))
@@ -138,6 +150,7 @@ def test_gpm_sample_sampler_choice(tmp_path, capsys):
     (['--method', 'edm', '--sampler', 'rk4'], ["unknown sampler 'rk4'", 'dpmpp_2m']),
     (['--method', 'sd_flow', '--push_sigma_min', '-1'], ['push_sigma_min must be > 0']),
     (['--method', 'score_gan', '--n_fake', '0'], ['n_fake must be >= 1']),
+    (['--method', 'score_gan', '--init_std', '-0.1'], ["init_std must be >= 0 (0: PyTorch's default init)"]),
 ])
 def test_bad_score_configs_exit_2(capsys, tmp_path, args, words):
     code, msg = cli(capsys, gpm_train, *args, '--preset', 'quick', '--out', tmp_path/'r')
