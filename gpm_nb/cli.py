@@ -132,9 +132,7 @@ class DivergenceCB(Callback):
         if tr.metrics.get('step') != tr.step: return
         why = self.reason(tr.metrics)
         if why is None: return
-        kept = (f"the last good checkpoint ({tr.last_checkpoint[0]}, step {tr.last_checkpoint[1]}) is kept"
-                if tr.last_checkpoint else "no checkpoint was written yet")
-        raise DivergedError(f"training diverged at step {tr.step}: {why}; training stopped and {kept}. "
+        raise DivergedError(f"training diverged at step {tr.step}: {why}; training stopped and {tr.kept()}. "
                             "Lower the learning rate or, for Discriminator Flow, the step scale (--eta); add a gradient penalty or change its weight "
                             "(--gp; the IPM loss trains with a weight near 0.1); "
                             "or train fewer steps.")

@@ -201,13 +201,17 @@ def data_parallel(self:Trainer) -> list:
 
 # %% ../nbs/04_train.ipynb #e11ff97c
 @patch
+def kept(self:Trainer) -> str:
+    "What a stopped run keeps, for its error message: the last good checkpoint (file and step), or that none was written yet."
+    if self.last_checkpoint is None: return "no checkpoint was written yet"
+    return f"the last good checkpoint ({self.last_checkpoint[0]}, step {self.last_checkpoint[1]}) is kept"
+
+@patch
 def check_finite(self:Trainer):
     "Raise `NonFiniteLossError`, naming the last good checkpoint, if a loss is NaN or infinite."
     bad = {k: v for k, v in self.losses.items() if not math.isfinite(v)}
     if not bad: return
-    kept = (f"the last good checkpoint ({self.last_checkpoint[0]}, step {self.last_checkpoint[1]}) is kept"
-            if self.last_checkpoint else "no checkpoint was written yet")
-    raise NonFiniteLossError(f"non-finite loss at step {self.step + 1}: {bad}; training stopped and {kept}. "
+    raise NonFiniteLossError(f"non-finite loss at step {self.step + 1}: {bad}; training stopped and {self.kept()}. "
                              "Lower the learning rate or add a gradient penalty, then resume.")
 
 # %% ../nbs/04_train.ipynb #f2c52565
