@@ -398,7 +398,7 @@ def discriminator_net(shape:tuple, cfg:DiscriminatorConfig, t_emb:int=0) -> nn.M
 
 def generator_net(shape:tuple, cfg:GANConfig) -> nn.Module:
     "A generator z -> x for samples of `shape`: an MLP for vectors, a conv generator for images."
-    if _net_kind(shape, 'generator') == 'vector': return MLP(cfg.latent, shape[0], cfg.g_width, cfg.g_depth, 0, init_std=cfg.init_std)
+    if _net_kind(shape, 'generator') == 'vector': return MLP(cfg.latent, shape[0], cfg.g_width, cfg.g_depth, 0, init_std=cfg.init_std, squeeze=False)
     return ConvGenerator(cfg.latent, shape[0], shape[1], max(cfg.g_width // 8, 8))
 
 # %% ../nbs/16_gpm.ipynb #6786bd89

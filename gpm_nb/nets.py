@@ -49,10 +49,11 @@ class MLP(nn.Module):
                  depth:int=4, # number of hidden layers
                  t_emb:int=128, # size of the time embedding; 0: no time input
                  act:Callable[[], nn.Module]=leaky_relu, # factory of the activation module
-                 init_std:float|None=0.02): # N(0, init_std^2) weights; None or 0: PyTorch's default init
+                 init_std:float|None=0.02, # N(0, init_std^2) weights; None or 0: PyTorch's default init
+                 squeeze:bool=True): # d_out = 1: a scalar per row, (n,); False keeps (n, 1), as a generator or denoiser of 1-D data needs
         super().__init__()
         if min(d_in, d_out, width, depth) < 1: raise ValueError("d_in, d_out, width and depth must be >= 1")
-        self.d_in, self.d_out = d_in, d_out
+        self.d_in, self.d_out, self.squeeze = d_in, d_out, squeeze
         self.embed = FourierEmbedding(t_emb) if t_emb else None
         dims = [d_in + t_emb] + [width] * depth
         layers = [m for a, b in zip(dims, dims[1:]) for m in (nn.Linear(a, b), act())]
@@ -65,7 +66,7 @@ class MLP(nn.Module):
         elif t.dim() == 0 or (len(x) > 1 and check_shape(t, (len(x),), 't').stride(0) == 0):
             out = self.net[1:](self._first_shared_t(x, t.reshape(-1)[:1]))
         else: out = self.net(torch.cat([x, self.embed(check_shape(t, (len(x),), 't'))], 1))
-        return out.squeeze(1) if self.d_out == 1 else out
+        return out.squeeze(1) if self.d_out == 1 and self.squeeze else out
     def _first_shared_t(self, x:Tensor, t:Tensor) -> Tensor:
         "The first layer when every row has the same time `t` (1,): its time part, computed once, joins the bias."
         lin, d = self.net[0], self.d_in

@@ -292,7 +292,7 @@ class ScoreGANConfig(DenoiserConfig, _GeneratorFields):
 # %% ../nbs/17_score_models.ipynb #897a6b85
 def denoiser_net(shape:tuple, cfg:DenoiserConfig) -> nn.Module:
     "The raw network F(x, c_noise) of a denoiser for samples of `shape`: an MLP for vectors, a U-Net for images."
-    if _net_kind(shape, 'denoiser') == 'vector': return MLP(shape[0], shape[0], cfg.width, cfg.depth, cfg.t_emb)
+    if _net_kind(shape, 'denoiser') == 'vector': return MLP(shape[0], shape[0], cfg.width, cfg.depth, cfg.t_emb, squeeze=False)
     return UNet(shape[0], shape[1], max(cfg.width // 8, 16), cfg.t_emb)
 
 def denoiser_field(shape:tuple, cfg:DenoiserConfig, name:str='field', lr:float|None=None) -> DenoiserField:

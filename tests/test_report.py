@@ -1,7 +1,7 @@
 "gpm_nb.report: a report's runs through the CLI (and their reuse), the verdict against the 2-D bar, and the digits table."
 import json
 from dataclasses import replace
-from gpm_nb.report import run_cli, run_key, verdict, run_label, digits_table
+from gpm_nb.report import run_cli, run_key, verdict, toy_table, run_label, digits_table
 from gpm_nb.gpm import METHODS
 
 def _run(**kw):
@@ -53,3 +53,18 @@ def test_run_cli_trains_again_when_the_command_or_the_preset_changed(tmp_path, m
     (out/'samples.npy').unlink()
     r3, _ = run_cli(tmp_path, *args[:4], '4', *args[5:], tag='t')
     assert r3['key']['preset_def'] != r2['key']['preset_def'] and (out/'samples.npy').exists()   # trained again
+
+def test_toy_table_prints_every_run_and_lists_the_misses():
+    runs = [(_run(high_quality=0.97, modes_covered=5, n_modes=5), None),
+            (_run(method='diffusion_gan', data='gaussians8', energy=0.05, energy_floor=0.001, high_quality=0.5, modes_covered=6, n_modes=8), None),
+            (dict(method='gan', data='moons', status=1, wall_s=40, err='', diverged='training diverged at step 900'), None)]   # no metrics
+    table, failed = toy_table(runs, 'cpu')
+    lines = table.splitlines()
+    assert lines[0] == 'preset cpu' and lines[1].split() == ['data', 'method', 'energy', 'floor', 'x', 'floor', 'hq', 'modes', 'time', 'verdict']
+    assert len(lines) == 5 and lines[1].index('energy') == 18 + len('diffusion_gan') + 2 + 3      # the method column fits the longest name
+    assert lines[2].split() == ['gaussians5', 'discr_flow', '0.0040', '0.0020', '2.0', '0.970', '5/5', '90s', 'pass']
+    assert lines[3].endswith('FAIL: energy 0.05 > 0.03; 50% within 3 std; 6/8 modes') and ' 50.0 ' in lines[3]
+    assert lines[4].endswith('FAIL: exit 1: training diverged at step 900') and ' nan ' in lines[4]
+    assert failed == ['diffusion_gan on gaussians8: energy 0.05 > 0.03; 50% within 3 std; 6/8 modes',
+                      'gan on moons: exit 1: training diverged at step 900']
+    assert toy_table(runs[:1], 'quick')[1] == []
