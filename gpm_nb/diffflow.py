@@ -183,9 +183,10 @@ class DiffFlowParticles(Recipe):
                  annealing:Annealing, # sigma(t), beta(t)
                  data, # has `sample(n, device)`
                  batch_size:int=128, # data (and particles) per iteration
-                 ema:float=0.): # decay of the field average used to sample (0: none)
+                 ema:float=0., # decay of the field average used to sample (0: none)
+                 denoise:bool=True): # end sampling with the denoiser's Tweedie step at sigma_min (when the split weighs the score)
         super().__init__(data, batch_size)
-        self.field, self.particles, self.annealing = field, particles, annealing
+        self.field, self.particles, self.annealing, self.denoise = field, particles, annealing, denoise
         self.field_ema = EMA(field, ema) if ema else None
     @property
     def K(self): return len(self.particles.grid) - 1
@@ -213,10 +214,13 @@ def train_step(self:DiffFlowParticles) -> dict:
 def sample(self:DiffFlowParticles, n:int, # number of samples
            steps:int|None=None, # flow steps on [0, 1] (default: the trained K); each evaluates the field once
            ema:bool=True): # follow the averaged field when there is one
-    "`n` new samples: prior draws taken through (1) by Euler (split 0) or Euler–Maruyama."
+    "`n` new samples: prior draws taken through (1) by Euler (split 0) or Euler–Maruyama, then, with `denoise` and a denoiser, its Tweedie step (11) at sigma_min."
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1): raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     grid = None if steps is None else torch.linspace(0, 1, steps + 1, dtype=torch.float64)
-    return self.particles.sample(self.sampling_field if ema else self.field, n, self.device, grid)
+    f = self.sampling_field if ema else self.field
+    x = self.particles.sample(f, n, self.device, grid)
+    if not (self.denoise and f.a_score): return x
+    return f.score.field.denoiser(x, x.new_full((len(x),), self.annealing.sigma_min))
 
 # %% ../nbs/18_diffflow.ipynb #9634a01a
 _pos = (lambda v: v > 0, '> 0')
@@ -235,6 +239,7 @@ class DiffFlowConfig(DiscriminatorConfig):
     s_width: int = 256         # denoiser MLP width (images: U-Net channels s_width // 8)
     s_depth: int = 3           # denoiser MLP hidden layers
     s_lr: float = 0.           # Adam learning rate of the denoiser (0: lr, the discriminator's)
+    denoise: bool = True       # end sampling with the denoiser's Tweedie step (11) at sigma_min (splits > 0)
     def __post_init__(self):
         super().__post_init__()
         if gan_loss(self.loss, self.shift).estimates != 'log r':
@@ -271,7 +276,7 @@ def diffflow(data, # has `sample(n, device)`
     field = DiffFlowField(dn and AnnealedScore(dn, ann), ratio, ann.beta, cfg.split)
     particles = FreeParticles(GaussianPrior(shape, math.hypot(cfg.sigma_max, cfg.sigma_data)), torch.linspace(0, 1, cfg.K + 1, dtype=torch.float64),
                               field.method, field.noise if field.method == 'euler_maruyama' else None)
-    return DiffFlowParticles(field, particles, ann, data, run.batch_size, cfg.ema).to(device or default_device())
+    return DiffFlowParticles(field, particles, ann, data, run.batch_size, cfg.ema, cfg.denoise).to(device or default_device())
 
 # %% ../nbs/18_diffflow.ipynb #48c276c0
 DIFFFLOW_PRESETS = {
