@@ -157,3 +157,21 @@ def test_quick_preset_learns():
     assert after['high_quality'] > before['high_quality'] + 0.15 and after['modes_covered'] == 5, (before, after)
     assert after['energy'] < 0.8 * before['energy'], (before, after)
     with pytest.raises(ValueError, match='steps'): m.sample(10, steps=0)
+
+def test_sampling_ends_with_the_denoisers_tweedie_step():
+    "With a denoiser (split > 0) a draw is D(x_1, sigma_min) of the particles the SDE ends with; split 0 has none and returns them as they are."
+    from dataclasses import replace
+    p = gaussians5(); seed_everything(0)
+    run, cfg = DIFFFLOW_PRESETS['quick']
+    cfg = resolve_diffflow(p, replace(cfg, width=16, depth=1, s_width=16, s_depth=1, t_emb=8))
+    def draws(m, denoise):
+        m.denoise = denoise; torch.manual_seed(3)
+        return m.sample(64, steps=4)
+    for split in (0.5, 1.):
+        m = diffflow(p, replace(cfg, split=split), run, 'cpu')
+        x, x1 = draws(m, True), draws(m, False)
+        torch.testing.assert_close(x, m.sampling_field.score.field.denoiser(x1, torch.full((64,), cfg.sigma_min)))
+        assert not torch.allclose(x, x1)
+    m0 = diffflow(p, replace(cfg, split=0.), run, 'cpu')
+    torch.testing.assert_close(draws(m0, True), draws(m0, False))
+    assert DiffFlowConfig().denoise and run_configs('diffflow', 'quick', denoise='false')[1].denoise is False
