@@ -25,7 +25,7 @@ def run_cli(runs:Path, # folder of the runs (one is reused when its report.json 
     if (out/'report.json').exists():
         r = json.loads((out/'report.json').read_text())
         if r.get('key') == key: return r, out
-        shutil.rmtree(out)                                     # another command or a changed preset: train again
+    if out.exists(): shutil.rmtree(out)                        # another command, a changed preset, or a run stopped before its report: train again
     t0 = time.perf_counter()
     r = subprocess.run([str(Path(sys.executable).parent/'gpm_train'), '--method', method, '--data', data, '--preset', preset,
                         '--out', str(out), '--quiet', *extra], capture_output=True, text=True, env={**os.environ, 'OMP_NUM_THREADS': '1'})

@@ -54,6 +54,13 @@ def test_run_cli_trains_again_when_the_command_or_the_preset_changed(tmp_path, m
     r3, _ = run_cli(tmp_path, *args[:4], '4', *args[5:], tag='t')
     assert r3['key']['preset_def'] != r2['key']['preset_def'] and (out/'samples.npy').exists()   # trained again
 
+def test_run_cli_trains_again_after_a_run_stopped_before_its_report(tmp_path):
+    "A report interrupted mid-run leaves a run folder without report.json: the next call trains it anew, not `gpm_train`'s refusal."
+    out = tmp_path/'discr_flow-gaussians5-t'
+    out.mkdir(); (out/'config.json').write_text('{}'); (out/'checkpoint.pt').write_bytes(b'half written')
+    r, out2 = run_cli(tmp_path, 'quick', 'discr_flow', 'gaussians5', '--steps', '3', '--n_samples', '64', tag='t')
+    assert out2 == out and r['status'] == 0 and r['step'] == 3, r['err']
+
 def test_toy_table_prints_every_run_and_lists_the_misses():
     runs = [(_run(high_quality=0.97, modes_covered=5, n_modes=5), None),
             (_run(method='diffusion_gan', data='gaussians8', energy=0.05, energy_floor=0.001, high_quality=0.5, modes_covered=6, n_modes=8), None),
