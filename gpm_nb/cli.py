@@ -278,7 +278,8 @@ def gpm_train(argv:list|None=None):
 # %% ../nbs/20_cli.ipynb #b1647e35
 CHECKPOINTS = {'last': 'checkpoint.pt', 'best': 'best.pt'}   # gpm_sample --checkpoint: the file in the run folder
 
-def sample_run(run:str|Path, n:int, steps:int|None=None, device=None, sampler:str|None=None, checkpoint:str='last'):
+def sample_run(run:str|Path, n:int, steps:int|None=None, device=None, sampler:str|None=None, checkpoint:str='last',
+               **overrides): # config fields to draw with instead of the run's, e.g. `denoise=False` (DiffFlow)
     "Rebuild the model of run folder `run` from its `checkpoint` ('last' or 'best' evaluation) and draw `n` samples (in the data's layout and range)."
     if checkpoint not in CHECKPOINTS: raise ValueError(f"unknown checkpoint {checkpoint!r}: choose {' or '.join(CHECKPOINTS)}")
     run = Path(run); path = run/CHECKPOINTS[checkpoint]; ckpt = read_checkpoint(path)
@@ -286,7 +287,7 @@ def sample_run(run:str|Path, n:int, steps:int|None=None, device=None, sampler:st
     config = ckpt['extra'].get('config')
     if not config or config.get('method') not in METHODS: raise ValueError(f"{path} holds no known method config")
     m = METHODS[config['method']]
-    rc, cfg = override((RunConfig(), m.config()), **config['run'], **config['cfg'])
+    rc, cfg = override((RunConfig(), m.config()), **{**config['run'], **config['cfg'], **overrides})
     model = m.build(DataShape(config['shape']), cfg, rc, device=device)
     load_checkpoint(path, model, restore_rng=False)
     model.eval()

@@ -143,6 +143,10 @@ def test_every_split_trains_resumes_and_samples_through_the_cli(tmp_path, capsys
     assert json.loads((out/'config.json').read_text())['cfg']['split'] == split
     x = sample_run(out, 50, steps=5)
     assert x.shape == (50, 2) and torch.isfinite(x).all()
+    torch.manual_seed(0); a = sample_run(out, 50, steps=5)
+    torch.manual_seed(0); b = sample_run(out, 50, steps=5, denoise=False)          # a config field changed for the draw
+    assert torch.equal(a, b) == (split == 0.)                                        # only a split with a denoiser denoises
+    with pytest.raises(ValueError, match='unknown config field'): sample_run(out, 5, denoise_twice=True)
     code, msg = cli(capsys, gpm_sample, out, '--n', 30, '--steps', 4, '--out', tmp_path/'s.npy')
     assert code == 0 and np.load(tmp_path/'s.npy').shape == (30, 2)
 
