@@ -1,5 +1,6 @@
 "The DiffFlow SDE: the split keeps the marginals (closed form and exact mixture scores), the broken condition does not, the exact likelihood of the deterministic member, the learned free-particle model through the CLI, and bad input."
 import json, math
+from dataclasses import replace
 import numpy as np, pytest, torch
 from gpm_nb.core import seed_everything
 from gpm_nb.data import gaussians5
@@ -164,7 +165,6 @@ def test_quick_preset_learns():
 
 def test_sampling_ends_with_the_denoisers_tweedie_step():
     "With a denoiser (split > 0) a draw is D(x_1, sigma_min) of the particles the SDE ends with; split 0 has none and returns them as they are."
-    from dataclasses import replace
     p = gaussians5(); seed_everything(0)
     run, cfg = DIFFFLOW_PRESETS['quick']
     cfg = resolve_diffflow(p, replace(cfg, width=16, depth=1, s_width=16, s_depth=1, t_emb=8))

@@ -1,7 +1,7 @@
 "gpm_nb.report: a report's runs through the CLI (and their reuse), the verdict against the 2-D bar, and the digits table."
 import json
 from dataclasses import replace
-from gpm_nb.report import run_cli, run_key, verdict, toy_table, run_label, digits_table
+from gpm_nb.report import run_cli, run_key, verdict, toy_table, toy_scatter, run_label, digits_table
 from gpm_nb.gpm import METHODS
 
 def _run(**kw):
@@ -75,3 +75,12 @@ def test_toy_table_prints_every_run_and_lists_the_misses():
     assert failed == ['diffusion_gan on gaussians8: energy 0.05 > 0.03; 50% within 3 std; 6/8 modes',
                       'gan on moons: exit 1: training diverged at step 900']
     assert toy_table(runs[:1], 'quick')[1] == []
+
+def test_toy_scatter_draws_each_run_in_its_cell(tmp_path, monkeypatch):
+    import numpy as np, matplotlib; matplotlib.use('Agg')
+    (tmp_path/'a').mkdir(); np.save(tmp_path/'a'/'samples.npy', np.random.default_rng(0).normal(size=(3000, 2)))
+    runs = [(_run(method='gan', data='moons'), tmp_path/'a'), (_run(method='discr_flow', data='rings'), tmp_path/'missing')]
+    axs = toy_scatter(runs, ['discr_flow', 'gan'], ['moons', 'rings']).axes
+    assert len(axs) == 4 and axs[2].get_title() == 'gan\nmoons' and len(axs[2].collections[0].get_offsets()) == 2000
+    assert axs[1].get_title() == 'discr_flow\nrings' and not axs[1].collections          # no samples: a titled, empty cell
+    assert not axs[0].axison and axs[2].axison                                             # no run: blank
