@@ -25,8 +25,8 @@ from .yardstick import digits_metrics
 
 # %% auto #0
 __all__ = ['CHECKPOINTS', 'Standardized', 'standardize', 'DataShape', 'preset_names', 'run_configs', 'make_run', 'draw',
-           'plot_samples', 'DivergedError', 'DivergenceCB', 'degradation', 'train', 'gpm_train', 'sample_run',
-           'gpm_sample', 'count_nfe', 'bench', 'profile_ops', 'bench_compare', 'gpm_bench']
+           'plot_samples', 'DivergedError', 'DivergenceCB', 'degradation', 'far_from_data', 'train', 'gpm_train',
+           'sample_run', 'gpm_sample', 'count_nfe', 'bench', 'profile_ops', 'bench_compare', 'gpm_bench']
 
 # %% ../nbs/20_cli.ipynb #aa63d969
 class Standardized:
@@ -152,6 +152,16 @@ def degradation(last:dict, # metrics of the last evaluation
             f"is {e / b:.1f}x that of its best evaluation ({b:.3g}, step {best['step']}). best.pt keeps that step: draw from it "
             f"with `gpm_sample {run} --checkpoint best`; to train past it, lower the learning rate, decay it (--lr_decay) or train fewer steps")
 
+# %% ../nbs/20_cli.ipynb #23d6d800
+def far_from_data(m:dict, # final metrics: `energy` and its real-vs-real `energy_floor`
+                  max_floor:float=20.) -> str|None: # warn above max_floor x floor
+    "Why samples with the metrics `m` do not fit the data (energy distance above `max_floor` times its floor), or None."
+    e, f = m.get('energy'), m.get('energy_floor', 0.)
+    if e is None or not f > 0 or e <= max_floor * f: return None
+    return (f"the samples do not fit the data: their energy distance, {e:.3g}, is {e / f:.0f}x the real-vs-real floor ({f:.2g}), "
+            "where runs that fit end within about 10x. See samples.png; train longer (--steps), lower the learning rate (--lr), "
+            "or, for Discriminator Flow, strengthen the gradient penalty (--gp) or lower the step scale (--eta)")
+
 # %% ../nbs/20_cli.ipynb #b2370f74
 def _check_resume(out:Path, config:dict) -> bool:
     "Refuse to resume a run whose config.json differs from `config`; return whether the number of steps grows."
@@ -172,7 +182,7 @@ def _check_resume(out:Path, config:dict) -> bool:
 # %% ../nbs/20_cli.ipynb #bd720ba6
 def _finish(out:Path, model, config:dict, data, step:int, secs:float, n:int, failure:str|None=None,
             best:dict|None=None, warning:str|None=None) -> dict:
-    "Draw `n` samples, evaluate them, write samples.npy, samples.png and metrics.json (with the `best` evaluation and a `warning`); return the metrics (rank 0; the other processes return the step)."
+    "Draw `n` samples, evaluate them, write samples.npy, samples.png and metrics.json (with the `best` evaluation and a `warning`, also when they are `far_from_data`); return the metrics (rank 0; the other processes return the step)."
     if dist_info()[0]: return dict(step=step)
     x = draw(model, config, n)
     metrics = dict(step=step, train_seconds=round(secs, 1), n_samples=len(x), **evaluate(x, data))
@@ -180,6 +190,7 @@ def _finish(out:Path, model, config:dict, data, step:int, secs:float, n:int, fai
         metrics.update(digits_metrics(x.detach().float().clamp(-1, 1).cpu()))
     if best: metrics['best_eval'] = {k: best[k] for k in ('step', 'energy')}
     if failure: metrics['diverged'] = failure
+    else: warning = '; '.join(w for w in (warning, far_from_data(metrics)) if w) or None
     if warning:
         metrics['warning'] = warning; print(f"warning: {warning}", file=sys.stderr, flush=True)
         with open(out/'train_log.jsonl', 'a') as f: f.write(json.dumps(dict(step=step, warning=warning)) + '\n')

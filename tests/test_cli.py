@@ -203,6 +203,16 @@ def test_divergence_at_the_final_evaluation_is_caught(tmp_path):
     assert m is None, f"the run ended without DivergedError: out_of_range={m['out_of_range']:.2f}, energy={m['energy']:.3g}"
     assert 'diverged' in json.loads((out/'metrics.json').read_text())
 
+def test_a_run_that_does_not_fit_says_so(tmp_path, capsys):
+    "Two tight clusters in 3-D and 2 training steps: nothing diverges, but the final samples are far from the data, and the run warns."
+    rng = np.random.default_rng(0)
+    np.save(tmp_path/'x.npy', np.concatenate([rng.normal(3, 0.3, (500, 3)), rng.normal(-3, 0.3, (500, 3))]).astype(np.float32))
+    m = train(method='discr_flow', data=str(tmp_path/'x.npy'), preset='quick', quiet=True, out=tmp_path/'r', steps=2, eval_every=2)
+    assert 'diverged' not in m and m['energy'] > 20 * m['energy_floor'], m
+    assert 'do not fit the data' in m['warning'] and f"{m['energy'] / m['energy_floor']:.0f}x the real-vs-real floor" in m['warning']
+    assert json.loads((tmp_path/'r'/'metrics.json').read_text())['warning'] == m['warning']
+    assert 'warning: the samples do not fit the data' in capsys.readouterr().err
+
 def test_a_run_that_got_worse_warns_and_keeps_its_best(tmp_path, capsys, monkeypatch):
     "Evaluations scripted to 0.02 at step 5, then 0.04 and 0.09: no divergence, but a warning; best.pt holds step 5 and samples."
     import gpm_nb.cli as cli_mod
