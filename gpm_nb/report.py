@@ -21,7 +21,7 @@ def run_cli(runs:Path, # folder of the runs (one is reused when its report.json 
             method:str, data:str, *extra, # gpm_train's method, data and extra arguments
             tag:str='') -> tuple: # suffix of the run folder's name
     "Train `method` on `data` through the console script `gpm_train`, or reuse a finished run of the same command and preset; (its metrics and status, the run folder)."
-    out, key = Path(runs)/(f'{method}-{data}' + (f'-{tag}' if tag else '')), run_key(preset, method, data, *extra)
+    out, key = Path(runs)/(f'{method}-{Path(data).stem}' + (f'-{tag}' if tag else '')), run_key(preset, method, data, *extra)   # a file's name without its folder
     if (out/'report.json').exists():
         r = json.loads((out/'report.json').read_text())
         if r.get('key') == key: return r, out
@@ -55,19 +55,19 @@ def toy_table(results:list, # [(report, run folder), ...] of runs on 2-D data
         e, fl = r.get('energy', math.nan), r.get('energy_floor', math.nan)
         hq = f"{r['high_quality']:.3f}" if r.get('high_quality') is not None else ''
         modes = f"{r['modes_covered']}/{r['n_modes']}" if 'modes_covered' in r else ''
-        lines.append(f"{r['data']:18s}{r['method']:{w}s}{e:9.4f}{fl:9.4f}{e / fl:9.1f}{hq:>7s}{modes:>7s}{r['wall_s']:>6d}s  {'pass' if ok else 'FAIL: ' + why}")
+        lines.append(f"{Path(r['data']).stem:18s}{r['method']:{w}s}{e:9.4f}{fl:9.4f}{e / fl:9.1f}{hq:>7s}{modes:>7s}{r['wall_s']:>6d}s  {'pass' if ok else 'FAIL: ' + why}")
         if not ok: failed.append(f"{r['method']} on {r['data']}: {why}")
     return '\n'.join(lines), failed
 
 def toy_scatter(results:list, # [(report, run folder), ...] of runs on 2-D data
                 methods:list, toys:list): # the grid's rows and columns
-    "Show 2000 samples (`samples.npy`) of every run in a grid of methods x toys, titled by method and data; cells without a run stay blank. Returns the figure."
+    "Show 2000 samples (`samples.npy`, first two coordinates) of every run in a grid of methods x toys, titled by method and data; cells without a run stay blank. Returns the figure."
     import numpy as np, matplotlib.pyplot as plt
     fig, axs = plt.subplots(len(methods), len(toys), figsize=(2.2 * len(toys), 2.3 * len(methods)), dpi=70, squeeze=False)
     for ax in axs.flatten(): ax.axis('off')
     for r, out in results:
         ax = axs[methods.index(r['method']), toys.index(r['data'])]; ax.axis('on')
-        if (Path(out)/'samples.npy').exists(): ax.scatter(*np.load(Path(out)/'samples.npy')[:2000].T, s=1, alpha=.4)
+        if (Path(out)/'samples.npy').exists(): ax.scatter(*np.load(Path(out)/'samples.npy')[:2000, :2].T, s=1, alpha=.4)
         ax.set_title(f"{r['method']}\n{r['data']}", fontsize=8); ax.set_xticks([]); ax.set_yticks([]); ax.set_aspect('equal')
     plt.tight_layout(); plt.show()
     return fig
