@@ -118,16 +118,17 @@ class DivergedError(RuntimeError):
 class DivergenceCB(Callback):
     "After each evaluation, raise `DivergedError` if the samples left the data's range or got far worse."
     order = 15   # after evaluation (5) and the log (10), before the checkpoint (20)
-    def __init__(self, floor:float, max_out:float=0.05, max_floor:float=50., max_best:float=10.):
-        self.floor, self.max_out, self.max_floor, self.max_best, self.best = floor, max_out, max_floor, max_best, math.inf
+    def __init__(self, floor:float, max_out:float=0.05, max_floor:float=50., max_best:float=10.,
+                 kept:BestCheckpointCB|None=None): # the run's best checkpoint: its evaluation (restored by --resume) counts as a best too
+        self.floor, self.max_out, self.max_floor, self.max_best, self.best, self.kept = floor, max_out, max_floor, max_best, math.inf, kept
     def reason(self, m:dict) -> str|None:
         "Why the metrics `m` of one evaluation show a diverged run, or None."
         if m.get('out_of_range', 0) > self.max_out:
             return f"{100 * m['out_of_range']:.0f}% of the samples lie far outside the data's range"
-        e = m.get('energy', 0.)
-        if e > self.max_floor * self.floor and e > self.max_best * self.best:
-            return f"the energy distance rose to {e:.4g} (best {self.best:.4g}, real-vs-real floor {self.floor:.2g})"
-        self.best = min(self.best, e)
+        e, best = m.get('energy', 0.), min(self.best, self.kept.best['energy'] if self.kept and self.kept.best else math.inf)
+        if e > self.max_floor * self.floor and e > self.max_best * best:
+            return f"the energy distance rose to {e:.4g} (best {best:.4g}, real-vs-real floor {self.floor:.2g})"
+        self.best = min(best, e)
     def after_step(self, tr):
         if tr.metrics.get('step') != tr.step: return
         why = self.reason(tr.metrics)
@@ -216,7 +217,7 @@ def train(method:str='discr_flow', data:str='gaussians5', preset:str='cpu', out:
         return {k: v for k, v in evaluate(draw(m, config, run.n_eval), r['data'], floors=False).items() if isinstance(v, (int, float))}
     with fork_rng(run.seed + 1): floor = metric_floor(energy_distance, lambda n: r['data'].sample(n, 'cpu').flatten(1), run.n_eval)
     best = BestCheckpointCB(out/'best.pt', 'energy', config=config)
-    cbs = [EvalCB(score, run.eval_every, seed=run.seed + 1), DivergenceCB(floor), *schedule_cbs(run),
+    cbs = [EvalCB(score, run.eval_every, seed=run.seed + 1), DivergenceCB(floor, kept=best), *schedule_cbs(run),
            CheckpointCB(ckpt, every=run.eval_every, config=config), best]   # every process evaluates the same weights alike and stops alike
     if rank == 0: cbs.append(LogCB(out/'train_log.jsonl', every=10))
     if rank == 0 and not quiet: cbs.append(ProgressCB(max(run.steps // 20, 1)))
