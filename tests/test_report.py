@@ -1,7 +1,8 @@
 "gpm_nb.report: a report's runs through the CLI (and their reuse), the verdict against the 2-D bar, and the digits table."
 import json
 from dataclasses import replace
-from gpm_nb.report import run_cli, run_key, verdict, toy_table, toy_scatter, run_label, digits_table
+import pytest
+from gpm_nb.report import run_cli, run_key, check_runs, verdict, toy_table, toy_scatter, run_label, digits_table
 from gpm_nb.gpm import METHODS
 
 def _run(**kw):
@@ -84,3 +85,19 @@ def test_toy_scatter_draws_each_run_in_its_cell(tmp_path, monkeypatch):
     assert len(axs) == 4 and axs[2].get_title() == 'gan\nmoons' and len(axs[2].collections[0].get_offsets()) == 2000
     assert axs[1].get_title() == 'discr_flow\nrings' and not axs[1].collections          # no samples: a titled, empty cell
     assert not axs[0].axison and axs[2].axison                                             # no run: blank
+
+def test_run_cli_names_a_file_run_by_the_file(tmp_path):
+    "A user's array: the run folder is named by the file's stem, the command keeps its path."
+    import numpy as np
+    np.save(tmp_path/'pts.npy', np.random.default_rng(0).normal(size=(200, 3)).astype(np.float32))
+    r, out = run_cli(tmp_path/'runs', 'quick', 'discr_flow', str(tmp_path/'pts.npy'), '--steps', '2', '--n_samples', '64')
+    assert out == tmp_path/'runs'/'discr_flow-pts' and r['status'] == 0 and r['data'] == str(tmp_path/'pts.npy'), r['err']
+    assert np.load(out/'samples.npy').shape == (64, 3)
+
+def test_check_runs_refuses_crashes_always_and_divergence_past_quick():
+    ok, stopped, crashed, diverged = _run(), _run(status=1), _run(status=2, err='Traceback boom'), _run(diverged='at step 900')
+    check_runs([(ok, None), (stopped, None)], 'quick'); check_runs([(ok, None), (diverged, None)], 'quick')
+    check_runs([(ok, None)], 'cpu')
+    with pytest.raises(AssertionError, match='boom'): check_runs([(ok, None), (crashed, None)], 'quick')
+    with pytest.raises(AssertionError, match='a default diverged'): check_runs([(ok, None), (diverged, None)], 'cpu')
+    with pytest.raises(AssertionError, match='a default diverged'): check_runs([(stopped, None)], 'cpu')
