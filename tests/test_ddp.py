@@ -89,7 +89,7 @@ def test_gpm_train_under_torchrun(tmp_path):
     assert json.loads((out/'config.json').read_text())['run']['batch_size'] == 64   # the global batch
     r = launch([a if a != '20' else '30' for a in args] + ['--out', str(out), '--resume'])
     assert r.returncode == 0, r.stderr[-3000:]
-    steps = [json.loads(l)['step'] for l in (out/'train_log.jsonl').read_text().splitlines()]
+    steps = [l['step'] for l in map(json.loads, (out/'train_log.jsonl').read_text().splitlines()) if 'warning' not in l]   # a quick run may warn at its end
     assert steps == [10, 20, 30]
     assert len(torch.load(out/'checkpoint.pt', weights_only=True)['rng_ranks']) == 2
     r = launch([a if a != '64' else '63' for a in args] + ['--out', str(tmp_path/'odd')])
