@@ -2,7 +2,7 @@
 import json
 from dataclasses import replace
 import pytest
-from gpm_nb.report import run_cli, run_key, check_runs, verdict, toy_table, toy_scatter, run_label, digits_table
+from gpm_nb.report import run_cli, run_key, check_runs, verdict, toy_table, toy_scatter, run_label, digits_table, report_toys
 from gpm_nb.gpm import METHODS
 
 def _run(**kw):
@@ -101,3 +101,12 @@ def test_check_runs_refuses_crashes_always_and_divergence_past_quick():
     with pytest.raises(AssertionError, match='boom'): check_runs([(ok, None), (crashed, None)], 'quick')
     with pytest.raises(AssertionError, match='a default diverged'): check_runs([(ok, None), (diverged, None)], 'cpu')
     with pytest.raises(AssertionError, match='a default diverged'): check_runs([(stopped, None)], 'cpu')
+
+def test_report_toys_quick_is_one_of_each_kind_of_the_full_set():
+    from gpm_nb.data import DATASETS
+    full = report_toys('cpu')
+    assert full == report_toys('gpu') and len(full) >= 10 and all(DATASETS[t]().shape == (2,) for t in full)
+    assert 'digits' not in full and {'gaussians_uneven', 'swiss_roll', 'checkerboard'} <= set(full)
+    quick = report_toys('quick')
+    assert quick == ['gaussians5', 'gaussians8', 'moons'] and set(quick) < set(full)
+    assert all(hasattr(DATASETS[t](), 'means') for t in quick[:2]) and not hasattr(DATASETS['moons'](), 'means')   # two mixtures, one shape
