@@ -25,8 +25,8 @@ from .yardstick import digits_metrics
 
 # %% auto #0
 __all__ = ['CHECKPOINTS', 'Standardized', 'standardize', 'DataShape', 'preset_names', 'run_configs', 'make_run', 'draw',
-           'plot_samples', 'DivergedError', 'DivergenceCB', 'degradation', 'far_from_data', 'train', 'gpm_train',
-           'sample_run', 'gpm_sample', 'count_nfe', 'bench', 'profile_ops', 'bench_compare', 'gpm_bench']
+           'plot_samples', 'DivergedError', 'DivergenceCB', 'degradation', 'far_from_data', 'train', 'read_log',
+           'gpm_train', 'sample_run', 'gpm_sample', 'count_nfe', 'bench', 'profile_ops', 'bench_compare', 'gpm_bench']
 
 # %% ../nbs/20_cli.ipynb #aa63d969
 class Standardized:
@@ -235,6 +235,18 @@ def train(method:str='discr_flow', data:str='gaussians5', preset:str='cpu', out:
         raise
     return _finish(out, model, config, r['data'], tr.step, time.perf_counter() - t0, n_samples or run.n_eval,
                    best=best.best, warning=degradation(tr.metrics, best.best, floor, run=str(out)))
+
+# %% ../nbs/20_cli.ipynb #78f669cd
+def read_log(run:str|Path) -> tuple[list, list]:
+    "The training log of run folder `run`: (its loss and evaluation lines, in order; the notes of a run's end: `warning` or `diverged` lines)."
+    path = Path(run)/'train_log.jsonl'
+    if not path.exists(): raise FileNotFoundError(f"no training log at {path}: is {run} a gpm_train run folder?")
+    steps, notes = [], []
+    for k, line in enumerate(path.read_text().splitlines(), 1):
+        try: rec = json.loads(line)
+        except json.JSONDecodeError: raise ValueError(f"line {k} of {path} is not JSON: {line[:80]!r}") from None
+        (notes if 'warning' in rec or 'diverged' in rec else steps).append(rec)
+    return steps, notes
 
 # %% ../nbs/20_cli.ipynb #dd26964e
 def _fail(prog:str, msg:str, status:int=2):

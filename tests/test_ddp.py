@@ -3,6 +3,7 @@ import json, os, subprocess, sys, textwrap
 from pathlib import Path
 import pytest
 import torch
+from gpm_nb.cli import read_log
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'GPM_DIST_TIMEOUT': '60'}
@@ -89,7 +90,7 @@ def test_gpm_train_under_torchrun(tmp_path):
     assert json.loads((out/'config.json').read_text())['run']['batch_size'] == 64   # the global batch
     r = launch([a if a != '20' else '30' for a in args] + ['--out', str(out), '--resume'])
     assert r.returncode == 0, r.stderr[-3000:]
-    steps = [l['step'] for l in map(json.loads, (out/'train_log.jsonl').read_text().splitlines()) if 'warning' not in l]   # a quick run may warn at its end
+    steps = [l['step'] for l in read_log(out)[0]]   # (a quick run may add a warning note at its end)
     assert steps == [10, 20, 30]
     assert len(torch.load(out/'checkpoint.pt', weights_only=True)['rng_ranks']) == 2
     r = launch([a if a != '64' else '63' for a in args] + ['--out', str(tmp_path/'odd')])

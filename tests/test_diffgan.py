@@ -11,7 +11,7 @@ from gpm_nb.train import Trainer, LogCB, save_checkpoint, load_checkpoint
 from gpm_nb.diffgan import (alphas_bar, linear_betas, diffuse, timestep_probs, AdaptiveDiffusion, DiffusedField, LevelNet, rd_zero,
                             DiffusionGANConfig, DiffusedDiscrFlowConfig, DIFFUSION_GAN_PRESETS, diffusion_gan, diffused_discr_flow,
                             resolve_sigma_n, SIGMA_N_RATIO)
-from gpm_nb.cli import train, sample_run, gpm_train, gpm_sample
+from gpm_nb.cli import train, sample_run, read_log, gpm_train, gpm_sample
 
 torch.set_num_threads(1)
 
@@ -184,7 +184,7 @@ def test_cli_trains_resumes_and_samples(tmp_path, capsys):
     assert code == 0, msg
     cfg = json.loads((out/'config.json').read_text())['cfg']
     assert cfg['sigma_n'] == pytest.approx(SIGMA_N_RATIO * 2.175, rel=0.02)   # resolved from the data and recorded
-    log = [json.loads(l) for l in (out/'train_log.jsonl').read_text().splitlines()]
+    log = read_log(out)[0]
     assert {'p', 'T', 'r_d', 'clean'} <= set(log[0])
     assert train('diffusion_gan', 'gaussians5', 'quick', out=out, resume=True, quiet=True, steps=20, eval_every=10)['step'] == 20
     train('diffusion_gan', 'gaussians5', 'quick', out=tmp_path/'straight', quiet=True, steps=20, eval_every=10)

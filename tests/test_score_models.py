@@ -11,7 +11,7 @@ from gpm_nb.train import Trainer, save_checkpoint, load_checkpoint
 from gpm_nb.score_models import (DenoiserField, KernelField, ScoreDifferenceField, ScoreGenerator, Diffusion, EDMConfig,
                                  SDFlowConfig, ScoreGANConfig, draw_sigmas, edm, sd_flow, score_gan, resolve_noise,
                                  resolve_score_gan, EDM_PRESETS, SCORE_GAN_PRESETS)
-from gpm_nb.cli import train, sample_run, gpm_train, gpm_sample
+from gpm_nb.cli import train, sample_run, read_log, gpm_train, gpm_sample
 
 def cli(capsys, fn, *args):
     try: fn([str(a) for a in args]); code = 0
@@ -165,7 +165,7 @@ def test_score_gan_from_a_saved_edm_run(tmp_path, capsys):
     cfg = json.loads((tmp_path/'sg'/'config.json').read_text())['cfg']
     assert cfg['teacher_steps'] == 0 and cfg['width'] == 32                       # the teacher's architecture, no teacher phase
     teacher = torch.load(tmp_path/'edm'/'checkpoint.pt', weights_only=True)['model']
-    log = [json.loads(l) for l in (tmp_path/'sg'/'train_log.jsonl').read_text().splitlines()]
+    log = read_log(tmp_path/'sg')[0]
     assert 'g_loss' in log[0] and log[0]['step'] == 10                              # the generator trains from the first step
     sg = torch.load(tmp_path/'sg'/'checkpoint.pt', weights_only=True)['model']
     k = next(k for k in teacher if k.startswith('field.denoiser.'))
