@@ -104,7 +104,7 @@ def monoflow_toy(loss:str|Callable, # a name of `F_LOSSES` or `GAN_LOSSES`, or a
     steps, lr, lr_d = steps or s_steps, lr or s_lr, lr_d or s_lr_d
     g = torch.Generator().manual_seed(seed); torch.manual_seed(seed)
     Lp = torch.linalg.cholesky(torch.tensor(TOY_SIGMA))
-    p = MultivariateNormal(torch.zeros(2), scale_tril=Lp)
+    p = MultivariateNormal(torch.zeros(2), scale_tril=Lp, validate_args=False)   # (checking arguments each step: 3/4 of the time)
     mu, L = torch.ones(2, requires_grad=True), torch.eye(2, requires_grad=True)
     opt, n = torch.optim.Adam([mu, L], lr), 32 if ratio == 'gan' else 1000
     if ratio == 'gan': D = toy_discriminator(); opt_d = torch.optim.Adam(D.parameters(), lr_d)
@@ -114,10 +114,10 @@ def monoflow_toy(loss:str|Callable, # a name of `F_LOSSES` or `GAN_LOSSES`, or a
             l_d = LOGISTIC.d_real(D(xr)).mean() + LOGISTIC.d_fake(D(xf)).mean()
             opt_d.zero_grad(); l_d.backward(); opt_d.step()
         x = mu + torch.randn(n, 2, generator=g) @ L.T
-        if ratio == 'gan': u = D(x)[:, 0]
+        if ratio == 'gan': D.requires_grad_(False); u = D(x)[:, 0]; D.requires_grad_(True)   # no gradient for D's weights here
         else:
             m, S = (mu, L) if ratio == 'attached' else (mu.detach(), L.detach())
-            u = p.log_prob(x) - MultivariateNormal(m, S @ S.T).log_prob(x)
+            u = p.log_prob(x) - MultivariateNormal(m, S @ S.T, validate_args=False).log_prob(x)
         opt.zero_grad(); ell(u).mean().backward(); opt.step()
         if not (mu.isfinite().all() and L.isfinite().all()): break
     return mu.detach(), (L @ L.T).detach()
