@@ -263,8 +263,6 @@ def sampler_nfe(name:str, # a name in `SAMPLERS`
     return 2 * int(steps) - 1 if name == 'heun' else int(steps)
 
 # %% ../nbs/11_scores.ipynb #0c7c9dfc
-from torchdiffeq import odeint
-
 def _divergence(g:Tensor, x:Tensor, probes:Tensor|None) -> Tensor:
     "Per-sample divergence of `g(x)`, (n,): exact (a backward pass per coordinate), or eq. (17) averaged over `probes` (k, n, ...)."
     if probes is None:
@@ -305,6 +303,7 @@ def log_likelihood(model:Callable, # denoiser model(x, sigma) -> denoised x, sig
             g = y - check_shape(model(y, t.exp().expand(n)), tuple(y.shape), 'model(x, sigma)')     # (14)
             return g.detach(), _divergence(g, y, probes).detach()
     t = torch.tensor([math.log(sigma_min), math.log(sigma_max)], dtype=x.dtype, device=x.device)
+    from torchdiffeq import odeint                                         # here, not at import: it loads scipy.integrate (0.5 s)
     with torch.no_grad():                                                  # the first step is set: near sigma_min, g ~ 0 fools the automatic choice
         xs, ls = odeint(rhs, (x.detach(), x.new_zeros(n)), t, rtol=rtol, atol=atol, method='dopri5',
                         options=dict(first_step=float(t[1] - t[0]) / 64))
