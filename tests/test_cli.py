@@ -64,6 +64,14 @@ def test_train_writes_the_run_folder(tmp_path, method):
     assert log[0]['step'] == 10 and log[-1]['step'] == 15 and 'eval_energy' in log[-1]
     assert [l['warning'] for l in warned] == ([saved['warning']] if 'warning' in saved else [])
 
+def test_read_log_parts_and_bad_logs(tmp_path):
+    lines = [dict(step=10, time=0.1, d_loss=1.3), dict(step=10, time=0.2, eval_energy=0.5), dict(step=10, warning='w'), dict(step=12, diverged='d')]
+    (tmp_path/'train_log.jsonl').write_text(''.join(json.dumps(l) + '\n' for l in lines))
+    assert read_log(tmp_path) == (lines[:2], lines[2:])
+    (tmp_path/'train_log.jsonl').write_text(json.dumps(lines[0]) + '\n{"step": 20, "ti')    # a line cut short
+    with pytest.raises(ValueError, match='line 2 of .*train_log.jsonl is not JSON'): read_log(tmp_path)
+    with pytest.raises(FileNotFoundError, match='no training log at .*: is .* a gpm_train run folder'): read_log(tmp_path/'none')
+
 def test_run_configs_and_overrides():
     run, cfg = run_configs('gan', 'quick', steps='7', lr=1, seed='4', loss='hinge')
     assert (run.steps, run.seed, cfg.lr, cfg.loss) == (7, 4, 1.0, 'hinge') and type(cfg.lr) is float
