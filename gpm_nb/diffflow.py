@@ -227,7 +227,7 @@ _pos = (lambda v: v > 0, '> 0')
 
 @dataclass(frozen=True)
 class DiffFlowConfig(DiscriminatorConfig):
-    "Learned DiffFlow with free particles: the split (5), the annealing (9), a time-conditioned discriminator (the ratio) and a denoiser (the data score); `lr` trains both unless `s_lr` is set."
+    "Learned DiffFlow with free particles: the split (5), the annealing (9), a time-conditioned discriminator (the ratio) and a denoiser (the data score); `lr` trains both unless `s_lr` is set; `init_std` initialises both MLPs."
     loss: str = 'logit'        # discriminator loss: one whose optimal logit is log p/q (vanilla, logit, arcsinh, saturating)
     split: float = 0.          # lambda = g / (gamma + g) in [0, 1]: 0 discriminator flow (GAN-like), 1 annealed Langevin (SDM-like)
     eta: float = 20.           # beta(t) = eta sigma(t)^2, eq. (9)
@@ -269,7 +269,7 @@ def diffflow(data, # has `sample(n, device)`
     shape = tuple(data.sample(1, device='cpu').shape[1:])
     ann = Annealing(cfg.sigma_max, cfg.sigma_min, cfg.eta)
     L = math.log(cfg.sigma_max / cfg.sigma_min)
-    dn = DenoiserField(Denoiser(denoiser_net(shape, DenoiserConfig(width=cfg.s_width, depth=cfg.s_depth, t_emb=cfg.t_emb)), cfg.sigma_data),
+    dn = DenoiserField(Denoiser(denoiser_net(shape, DenoiserConfig(width=cfg.s_width, depth=cfg.s_depth, t_emb=cfg.t_emb), cfg.init_std), cfg.sigma_data),
                        cfg.s_lr or cfg.lr, (0.9, 0.999), math.log(cfg.sigma_max * cfg.sigma_min) / 2, max(L / 4, 0.1), 'score') if cfg.split > 0 else None
     ratio = (RatioField(discriminator_net(shape, cfg, cfg.t_emb), cfg.loss, cfg.lr, (cfg.beta1, cfg.beta2), cfg.gp, cfg.gp_center, cfg.gp_on)
              if cfg.split < 1 else None)

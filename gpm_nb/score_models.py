@@ -290,9 +290,10 @@ class ScoreGANConfig(DenoiserConfig, _GeneratorFields):
         _check(self, n_fake=positive, fake_lr=_pos, teacher_steps=nonneg)
 
 # %% ../nbs/17_score_models.ipynb #897a6b85
-def denoiser_net(shape:tuple, cfg:DenoiserConfig) -> nn.Module:
+def denoiser_net(shape:tuple, cfg:DenoiserConfig,
+                 init_std:float=0.02) -> nn.Module: # N(0, init_std^2) weights of the MLP (GPM's); 0: PyTorch's default init
     "The raw network F(x, c_noise) of a denoiser for samples of `shape`: an MLP for vectors, a U-Net for images."
-    if _net_kind(shape, 'denoiser') == 'vector': return MLP(shape[0], shape[0], cfg.width, cfg.depth, cfg.t_emb, squeeze=False)
+    if _net_kind(shape, 'denoiser') == 'vector': return MLP(shape[0], shape[0], cfg.width, cfg.depth, cfg.t_emb, init_std=init_std, squeeze=False)
     return UNet(shape[0], shape[1], max(cfg.width // 8, 16), cfg.t_emb)
 
 def denoiser_field(shape:tuple, cfg:DenoiserConfig, name:str='field', lr:float|None=None) -> DenoiserField:
