@@ -16,6 +16,19 @@ def root(): return ROOT
 @pytest.fixture
 def bin_dir(): return Path(sys.executable).parent
 
+@pytest.fixture
+def check_init():
+    "A check of a network's init by its first linear layer: GPM's N(0, std^2) weights with zero biases, or for std = 0 PyTorch's default."
+    def check(net:torch.nn.Module, std:float):
+        lin = next(l for l in net.modules() if isinstance(l, torch.nn.Linear))
+        if std:
+            assert lin.bias.abs().max() == 0 and abs(lin.weight.std().item() / std - 1) < 0.15, (lin, std)
+            return
+        bound = 1 / lin.weight.shape[1] ** 0.5                    # PyTorch: weights U(-b, b), b = 1/sqrt(fan_in); biases spread
+        assert lin.weight.abs().max() <= bound and abs(lin.weight.std().item() / (bound / 3 ** 0.5) - 1) < 0.2, lin
+        assert lin.bias.abs().max() > bound / 4, lin
+    return check
+
 # The longest tests first (the cpu-preset quality bars, longest of all ScoreGAN's; then the notebooks and the
 # multi-process runs), handed out one at a time: pytest -n 2 sends tests in collection order, by default in
 # chunks of a quarter of a worker's share, so long tests collected last (or chunked together) ran on one core
