@@ -14,8 +14,8 @@ from .nets import MLP, ConvNet, FourierEmbedding
 from .integrate import Field
 from .train import all_mean_, dist_info
 from .monoflow import GANLoss
-from .gpm import (DiscriminatorField, DiscrFlow, FreeParticles, Generator, GaussianPrior, GAN, RunConfig, GANConfig,
-                        DiscrFlowConfig, Method, register, _check, positive, _net_kind, generator_net)
+from .gpm import (DiscriminatorField, DiscrFlow, Generator, GaussianPrior, GAN, RunConfig, GANConfig,
+                        DiscrFlowConfig, Method, register, _check, positive, _net_kind, generator_net, free_particles)
 
 # %% auto #0
 __all__ = ['TS_DISTS', 'CONDS', 'SIGMA_N_RATIO', 'DIFFUSION_GAN_PRESETS', 'linear_betas', 'alphas_bar', 'diffuse',
@@ -272,8 +272,8 @@ def diffused_discr_flow(data, cfg:DiffusedDiscrFlowConfig=DiffusedDiscrFlowConfi
                         device=None) -> DiscrFlow:
     "Discriminator Flow with a diffused discriminator field pushing free particles from N(0, I)."
     shape = tuple(data.sample(1, device='cpu').shape[1:])
-    particles = FreeParticles(GaussianPrior(shape), torch.linspace(0, 1, cfg.K + 1, dtype=torch.float64))
-    return DiscrFlow(diffused_field(shape, cfg, cfg.t_emb, cfg.eta), particles, data, run.batch_size, cfg.ema).to(device or default_device())
+    return DiscrFlow(diffused_field(shape, cfg, cfg.t_emb, cfg.eta), free_particles(shape, cfg), data, run.batch_size, cfg.ema, cfg.bf16,
+                     cfg.grid_power, cfg.grid_anneal).to(device or default_device())
 
 # %% ../nbs/19_diffgan.ipynb #e2084c14
 DIFFUSION_GAN_PRESETS = {

@@ -22,8 +22,8 @@ from .monoflow import GAN_LOSSES, gan_loss
 __all__ = ['GP_ON', 'positive', 'nonneg', 'init_std_rule', 'METHODS', 'DISCR_FLOW_PRESETS', 'GAN_PRESETS', 'DiscriminatorField',
            'GaussianPrior', 'FreeParticles', 'per_sample_time', 'plain_random_states', 'push_loss', 'Generator',
            'Recipe', 'flow_grid', 'DiscrFlow', 'GAN', 'RunConfig', 'DiscriminatorConfig', 'DiscrFlowConfig',
-           'GANConfig', 'override', 'discriminator_net', 'generator_net', 'discr_flow', 'gan', 'schedule_cbs', 'Method',
-           'register', 'get_method', 'out_of_range', 'evaluate']
+           'GANConfig', 'override', 'discriminator_net', 'generator_net', 'free_particles', 'discr_flow', 'gan',
+           'schedule_cbs', 'Method', 'register', 'get_method', 'out_of_range', 'evaluate']
 
 # %% ../nbs/16_gpm.ipynb #d58e02cd
 GP_ON = ('interp', 'real', 'fake')
@@ -198,22 +198,25 @@ class Recipe(nn.Module):
     def shape(self): return tuple(self.data.sample(1, device='cpu').shape[1:])
 
 # %% ../nbs/16_gpm.ipynb #e97a4d3a
-def flow_grid(K:int, power:float=1.) -> Tensor:
-    "Discriminator Flow's times t_k = (k/K)^power, k = 0..K: uniform for power 1; power < 1 takes large steps first and small ones last."
-    return torch.linspace(0, 1, K + 1, dtype=torch.float64) ** power
+def flow_grid(K:int, # number of steps
+              power:float=1., # p: t_k = (k/K)^p (< 1: large steps first, the last about p/K)
+              anneal:float=1.) -> Tensor: # q: t_k = 1 - (1 - (k/K)^p)^q (> 1: the first step about q/K, the last 1/K^q)
+    "Discriminator Flow's times t_0 = 0 < ... < t_K = 1: GPM's uniform grid k/K at p = q = 1."
+    u = torch.linspace(0, 1, K + 1, dtype=torch.float64) ** power
+    return u if anneal == 1 else 1 - (1 - u) ** anneal
 
 # %% ../nbs/16_gpm.ipynb #03d16ec8
 class DiscrFlow(Recipe):
     "Discriminator Flow: a time-conditioned discriminator field pushing free particles (eq. 3)."
     def __init__(self, field:Field, # a learned field in flow time, e.g. `DiscriminatorField`
-                 particles:FreeParticles, # prior + grid t_k = (k/K)^p + integrator
+                 particles:FreeParticles, # prior + grid (`flow_grid`) + integrator
                  data, # has `sample(n, device)`
                  batch_size:int=128, # data and particles per iteration
                  ema:float=0., # decay of the field average used to sample (0: none)
                  bf16:bool=False, # run the flow (not the field's training) with bfloat16 matrix products
-                 grid_power:float=1.): # the particles' grid is `flow_grid(K, grid_power)`: sampling with other steps keeps its shape
+                 grid_power:float=1., grid_anneal:float=1.): # the grid's shape, `flow_grid(K, grid_power, grid_anneal)`: sampling with other steps keeps it
         super().__init__(data, batch_size)
-        self.field, self.particles, self.bf16, self.grid_power = field, particles, bf16, grid_power
+        self.field, self.particles, self.bf16, self.grid_power, self.grid_anneal = field, particles, bf16, grid_power, grid_anneal
         self.field_ema = EMA(field, ema) if ema else None
     @property
     def K(self): return len(self.particles.grid) - 1
@@ -242,7 +245,7 @@ def sample(self:DiscrFlow, n:int, # number of samples
            ema:bool=True): # follow the averaged field when there is one
     "`n` new samples: prior draws integrated along the field (3)."
     if steps is not None and steps < 1: raise ValueError(f"steps must be >= 1, got {steps}")
-    grid = None if steps is None else flow_grid(steps, self.grid_power)
+    grid = None if steps is None else flow_grid(steps, self.grid_power, self.grid_anneal)
     with self.flow_precision(): return self.particles.sample(self.sampling_field if ema else self.field, n, self.device, grid)
 
 # %% ../nbs/16_gpm.ipynb #0d40a441
@@ -342,11 +345,12 @@ class DiscrFlowConfig(DiscriminatorConfig):
     eta: float = 20.           # step scale: each step moves eta/K times the field
     t_emb: int = 128           # Fourier time-embedding size
     bf16: bool = False         # flow in bfloat16 matrix products (the discriminator trains in float32)
-    grid_power: float = 1.     # flow times t_k = (k/K)^grid_power: < 1 takes large steps first and small ones last
+    grid_power: float = 1.     # flow times t_k = 1 - (1 - (k/K)^grid_power)^grid_anneal (`flow_grid`):
+    grid_anneal: float = 1.    # power < 1 or anneal > 1 take large steps first and small ones last
     def __post_init__(self):
         super().__post_init__()
         _check(self, K=positive, eta=(lambda v: v > 0, '> 0'), t_emb=(lambda v: v >= 2 and v % 2 == 0, 'even and >= 2'),
-               grid_power=(lambda v: v > 0, '> 0'))
+               grid_power=(lambda v: v > 0, '> 0'), grid_anneal=(lambda v: v > 0, '> 0'))
 
 @dataclass(frozen=True)
 class GANConfig(DiscriminatorConfig):
@@ -406,14 +410,18 @@ def _field(shape, cfg:DiscriminatorConfig, t_emb:int, eta:float) -> Discriminato
     return DiscriminatorField(discriminator_net(shape, cfg, t_emb), cfg.loss, cfg.shift, cfg.lr, (cfg.beta1, cfg.beta2),
                               cfg.gp, cfg.gp_center, cfg.gp_on, eta)
 
+def free_particles(shape:tuple, cfg:DiscrFlowConfig) -> FreeParticles:
+    "Discriminator Flow's pusher for samples of `shape`: N(0, I) draws moved over the grid of `cfg` (`flow_grid`)."
+    return FreeParticles(GaussianPrior(shape), flow_grid(cfg.K, cfg.grid_power, cfg.grid_anneal))
+
 def discr_flow(data, # has `sample(n, device)`
                cfg:DiscrFlowConfig=DiscrFlowConfig(), # method hyperparameters
                run:RunConfig=RunConfig(), # run settings (the batch size)
                device=None) -> DiscrFlow:
     "Discriminator Flow: a time-conditioned discriminator field pushing free particles from N(0, I)."
     shape = tuple(data.sample(1, device='cpu').shape[1:])
-    particles = FreeParticles(GaussianPrior(shape), flow_grid(cfg.K, cfg.grid_power))
-    return DiscrFlow(_field(shape, cfg, cfg.t_emb, cfg.eta), particles, data, run.batch_size, cfg.ema, cfg.bf16, cfg.grid_power).to(device or default_device())
+    return DiscrFlow(_field(shape, cfg, cfg.t_emb, cfg.eta), free_particles(shape, cfg), data, run.batch_size, cfg.ema, cfg.bf16,
+                     cfg.grid_power, cfg.grid_anneal).to(device or default_device())
 
 # %% ../nbs/16_gpm.ipynb #91ab28e3
 def gan(data, # has `sample(n, device)`

@@ -6,7 +6,7 @@ from torch import nn
 from gpm_nb.core import seed_everything
 from gpm_nb.data import gaussians5, get_dataset, ArrayData
 from gpm_nb.monoflow import GAN_LOSSES
-from gpm_nb.gpm import DiscriminatorField, RunConfig, METHODS, GAN
+from gpm_nb.gpm import DiscriminatorField, RunConfig, METHODS, GAN, flow_grid
 from gpm_nb.train import Trainer, LogCB, save_checkpoint, load_checkpoint
 from gpm_nb.diffgan import (alphas_bar, linear_betas, diffuse, timestep_probs, AdaptiveDiffusion, DiffusedField, LevelNet, rd_zero,
                             DiffusionGANConfig, DiffusedDiscrFlowConfig, DIFFUSION_GAN_PRESETS, diffusion_gan, diffused_discr_flow,
@@ -148,6 +148,8 @@ def test_diffused_discriminator_flow_and_digits():
     m = diffused_discr_flow(gaussians5(), cfg, RunConfig(batch_size=32), device='cpu')
     out = m.train_step()
     assert {'p', 'T', 'r_d', 'clean'} <= set(out) and m.sample(50).shape == (50, 2)
+    m = diffused_discr_flow(gaussians5(), replace(cfg, grid_power=.5, grid_anneal=2., bf16=True), RunConfig(batch_size=32), device='cpu')
+    assert torch.equal(m.particles.grid, flow_grid(5, .5, 2.)) and (m.grid_power, m.grid_anneal, m.bf16) == (.5, 2., True)   # the config's grid and flow
     dg = get_dataset('digits')
     m = diffusion_gan(dg, resolve_sigma_n(dg, DIFFUSION_GAN_PRESETS['quick'][1]), RunConfig(batch_size=16), device='cpu')
     assert 'T' in m.train_step() and m.sample(4).shape == (4, 1, 8, 8)

@@ -387,15 +387,20 @@ def test_sampling_matches_the_plain_computation():
     torch.manual_seed(2); assert (xp - m.particles.prior.sample(300, 'cpu')).norm(dim=1).max() > 0.1
 
 def test_flow_grid_and_sampling_with_other_steps():
-    "t_k = (k/K)^p: uniform at p = 1; the model samples with another number of steps on a grid of the same power."
-    assert torch.equal(flow_grid(4), torch.linspace(0, 1, 5, dtype=torch.float64))
-    torch.testing.assert_close(flow_grid(4, .5), torch.linspace(0, 1, 5, dtype=torch.float64).sqrt())
-    seed_everything(0); m = build_df(grid_power=.5)
-    assert m.grid_power == .5 and torch.equal(m.particles.grid, flow_grid(DF_CFG.K, .5))
-    torch.manual_seed(3); a = m.sample(8, steps=6)
-    torch.manual_seed(3); b = integrate(m.field, m.particles.prior.sample(8, 'cpu'), flow_grid(6, .5))
-    torch.testing.assert_close(a, b)
+    "t_k = 1 - (1 - (k/K)^p)^q: uniform at p = q = 1; the model samples with another number of steps on a grid of the same shape."
+    u = torch.linspace(0, 1, 5, dtype=torch.float64)
+    assert torch.equal(flow_grid(4), u)
+    torch.testing.assert_close(flow_grid(4, .5), u.sqrt())
+    torch.testing.assert_close(flow_grid(4, anneal=2.), 1 - (1 - u) ** 2)
+    torch.testing.assert_close(flow_grid(4, .5, 2.), 1 - (1 - u.sqrt()) ** 2)
+    for p, q in ((.5, 1.), (1., 2.), (.5, 2.)):
+        seed_everything(0); m = build_df(grid_power=p, grid_anneal=q)
+        assert (m.grid_power, m.grid_anneal) == (p, q) and torch.equal(m.particles.grid, flow_grid(DF_CFG.K, p, q))
+        torch.manual_seed(3); a = m.sample(8, steps=6)
+        torch.manual_seed(3); b = integrate(m.field, m.particles.prior.sample(8, 'cpu'), flow_grid(6, p, q))
+        torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match='grid_power must be > 0'): DiscrFlowConfig(grid_power=0.)
+    with pytest.raises(ValueError, match='grid_anneal must be > 0'): DiscrFlowConfig(grid_anneal=-1.)
 
 def test_per_sample_time_materialises_a_shared_time():
     seen = []
