@@ -26,7 +26,8 @@ from .yardstick import digits_metrics
 # %% auto #0
 __all__ = ['CHECKPOINTS', 'Standardized', 'standardize', 'DataShape', 'preset_names', 'run_configs', 'make_run', 'draw',
            'plot_samples', 'DivergedError', 'DivergenceCB', 'degradation', 'far_from_data', 'train', 'read_log',
-           'gpm_train', 'sample_run', 'gpm_sample', 'count_nfe', 'bench', 'profile_ops', 'bench_compare', 'gpm_bench']
+           'gpm_train', 'load_run', 'sample_run', 'gpm_sample', 'count_nfe', 'bench', 'profile_ops', 'bench_compare',
+           'gpm_bench']
 
 # %% ../nbs/20_cli.ipynb #aa63d969
 class Standardized:
@@ -302,19 +303,24 @@ def gpm_train(argv:list|None=None):
 # %% ../nbs/20_cli.ipynb #b1647e35
 CHECKPOINTS = {'last': 'checkpoint.pt', 'best': 'best.pt'}   # gpm_sample --checkpoint: the file in the run folder
 
-def sample_run(run:str|Path, n:int, steps:int|None=None, device=None, sampler:str|None=None, checkpoint:str='last',
-               **overrides): # config fields to draw with instead of the run's, e.g. `denoise=False` (DiffFlow)
-    "Rebuild the model of run folder `run` from its `checkpoint` ('last' or 'best' evaluation) and draw `n` samples (in the data's layout and range)."
+def load_run(run:str|Path, device=None, checkpoint:str='last',
+             **overrides) -> tuple: # config fields to build with instead of the run's, e.g. `denoise=False` (DiffFlow)
+    "(model, config) of run folder `run`: the model rebuilt from its `checkpoint` ('last' or 'best' evaluation), in eval mode, and the run's config."
     if checkpoint not in CHECKPOINTS: raise ValueError(f"unknown checkpoint {checkpoint!r}: choose {' or '.join(CHECKPOINTS)}")
-    run = Path(run); path = run/CHECKPOINTS[checkpoint]; ckpt = read_checkpoint(path)
-    if n < 1: raise ValueError(f"--n must be >= 1, got {n}")
+    path = Path(run)/CHECKPOINTS[checkpoint]; ckpt = read_checkpoint(path)
     config = ckpt['extra'].get('config')
     if not config or config.get('method') not in METHODS: raise ValueError(f"{path} holds no known method config")
     m = METHODS[config['method']]
     rc, cfg = override((RunConfig(), m.config()), **{**config['run'], **config['cfg'], **overrides})
     model = m.build(DataShape(config['shape']), cfg, rc, device=device)
     load_checkpoint(path, model, restore_rng=False)
-    model.eval()
+    return model.eval(), config
+
+def sample_run(run:str|Path, n:int, steps:int|None=None, device=None, sampler:str|None=None, checkpoint:str='last',
+               **overrides): # config fields to draw with instead of the run's, e.g. `denoise=False` (DiffFlow)
+    "Rebuild the model of run folder `run` from its `checkpoint` ('last' or 'best' evaluation) and draw `n` samples (in the data's layout and range)."
+    model, config = load_run(run, device, checkpoint, **overrides)
+    if n < 1: raise ValueError(f"--n must be >= 1, got {n}")
     return draw(model, config, n, steps, sampler)
 
 def gpm_sample(argv:list|None=None):

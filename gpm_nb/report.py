@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['run_key', 'run_cli', 'verdict', 'check_runs', 'toy_table', 'toy_scatter', 'run_label', 'digits_table', 'digit_grids',
-           'report_toys']
+           'report_toys', 'clusters', 'clusters_file']
 
 # %% ../nbs/30_report.ipynb #b3d811d3
 import json, math, os, shutil, subprocess, sys, time
@@ -107,3 +107,20 @@ def report_toys(preset:str) -> list:
     toys = [name for name, make in DATASETS.items() if getattr(make(), 'shape', None) == (2,)]
     return [t for t in ('gaussians5', 'gaussians8', 'moons') if t in toys] if preset == 'quick' else toys   # wide modes, narrow modes, a continuous shape
 
+
+# %% ../nbs/30_report.ipynb #af8ee85a
+def clusters(d:int):
+    "A user's array in the making: two clusters N(+-3 * 1, 0.3^2 I) in d dimensions, equally weighted (a `GaussianMixture`)."
+    import torch
+    from gpm_nb.data import GaussianMixture
+    return GaussianMixture(torch.stack([torch.full((d,), 3.), torch.full((d,), -3.)]), 0.3, name=f'clusters-d{d}')
+
+def clusters_file(runs:Path, d:int) -> str:
+    "The user's file `runs/clusters-d{d}.npy`: 3000 points of the equal mixture `clusters(d)` (seed 0), written once."
+    import numpy as np, torch
+    path = Path(runs)/f'clusters-d{d}.npy'
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(0)
+        np.save(path, clusters(d).sample(3000).numpy())
+    return str(path)

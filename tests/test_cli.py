@@ -5,8 +5,8 @@ import numpy as np, pytest, torch
 from gpm_nb.core import seed_everything
 from gpm_nb.data import ArrayData, load_digits
 from gpm_nb.gpm import METHODS, RunConfig, DiscrFlow
-from gpm_nb.train import read_checkpoint, load_checkpoint, NonFiniteLossError
-from gpm_nb.cli import (train, make_run, run_configs, standardize, sample_run, bench, bench_compare, gpm_train, gpm_sample, gpm_bench,
+from gpm_nb.train import read_checkpoint, load_checkpoint, NonFiniteLossError, CheckpointError
+from gpm_nb.cli import (train, make_run, run_configs, standardize, sample_run, load_run, bench, bench_compare, gpm_train, gpm_sample, gpm_bench,
                         read_log, DivergedError, DivergenceCB)
 
 METHOD_NAMES = list(METHODS)   # every registered method keeps the run-folder contract
@@ -36,6 +36,20 @@ def quick(method='discr_flow', **kw):
     return dict(method=method, data='gaussians5', preset='quick', quiet=True, **kw)
 
 # ---------------------------------------------------------------- the run folder
+
+def test_load_run_rebuilds_the_trained_model(tmp_path):
+    "load_run: the model of a run folder in eval mode with the checkpoint's weights and the run's config; bad names and folders get errors."
+    out = tmp_path/'r'
+    train(**quick(steps=10, n_samples=100), out=out, grid_anneal=2.)
+    model, config = load_run(out)
+    assert not model.training and config == json.loads((out/'config.json').read_text())
+    assert same_state(model.state_dict(), weights(out)) and model.grid_anneal == 2.          # the run's grid, not the default
+    torch.manual_seed(0); a = load_run(out)[0].sample(20)                                     # sample_run draws from it
+    torch.manual_seed(0); torch.testing.assert_close(sample_run(out, 20), a)
+    with pytest.raises(ValueError, match="unknown checkpoint 'newest'"): load_run(out, checkpoint='newest')
+    with pytest.raises(ValueError, match='unknown config field'): load_run(out, grid_anneall=2.)
+    with pytest.raises(CheckpointError, match='no checkpoint at'): load_run(tmp_path/'nothing')
+
 
 @pytest.mark.parametrize('method', METHOD_NAMES)
 def test_train_writes_the_run_folder(tmp_path, method):

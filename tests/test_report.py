@@ -1,8 +1,10 @@
 "gpm_nb.report: a report's runs through the CLI (and their reuse), the verdict against the 2-D bar, and the digits table."
 import json
+from pathlib import Path
 from dataclasses import replace
 import pytest
-from gpm_nb.report import run_cli, run_key, check_runs, verdict, toy_table, toy_scatter, run_label, digits_table, report_toys
+from gpm_nb.report import (run_cli, run_key, check_runs, verdict, toy_table, toy_scatter, run_label, digits_table, report_toys,
+                           clusters, clusters_file)
 from gpm_nb.gpm import METHODS
 
 def _run(**kw):
@@ -110,3 +112,14 @@ def test_report_toys_quick_is_one_of_each_kind_of_the_full_set():
     quick = report_toys('quick')
     assert quick == ['gaussians5', 'gaussians8', 'moons'] and set(quick) < set(full)
     assert all(hasattr(DATASETS[t](), 'means') for t in quick[:2]) and not hasattr(DATASETS['moons'](), 'means')   # two mixtures, one shape
+
+def test_clusters_file_is_written_once_in_a_new_folder(tmp_path):
+    "The two-cluster array of the reports: (3000, d) points of N(+-3 * 1, 0.3^2 I) with equal weights, the same draw every time."
+    import numpy as np
+    f = clusters_file(tmp_path/'new'/'runs', 3)
+    x = np.load(f); side = x.mean(1) > 0
+    assert x.shape == (3000, 3) and 1400 < side.sum() < 1600 and np.abs(np.abs(x).mean(0) - 3).max() < 0.05
+    assert abs(x[side].std(0).mean() - 0.3) < 0.02 and clusters(3).std == 0.3
+    mtime = Path(f).stat().st_mtime_ns
+    assert clusters_file(tmp_path/'new'/'runs', 3) == f and Path(f).stat().st_mtime_ns == mtime          # kept, not redrawn
+    assert np.array_equal(np.load(clusters_file(tmp_path/'other', 3)), x)                              # the same draw (seed 0)
