@@ -162,7 +162,8 @@ def far_from_data(m:dict, # final metrics: `energy` and its real-vs-real `energy
     if e is None or not f > 0 or e <= max_floor * f: return None
     return (f"the samples do not fit the data: their energy distance, {e:.3g}, is {e / f:.0f}x the real-vs-real floor ({f:.2g}), "
             "where runs that fit end within about 10x. See samples.png; train longer (--steps), lower the learning rate (--lr), "
-            "or, for Discriminator Flow, strengthen the gradient penalty (--gp 1 fits tight clusters its default misses) or lower the step scale (--eta)")
+            "or, for Discriminator Flow, anneal the flow's last steps (--grid_anneal 2) or strengthen the gradient penalty (--gp 1), "
+            "each of which fits tight clusters its default misses")
 
 # %% ../nbs/20_cli.ipynb #b2370f74
 def _check_resume(out:Path, config:dict) -> bool:
