@@ -16,7 +16,7 @@ from .scores import Denoiser, edm_defaults
 from .sdflow import kernel_denoiser
 from .monoflow import gan_loss
 from .train import EMA
-from .gpm import (FreeParticles, GaussianPrior, Generator, Recipe, RunConfig, DiscriminatorConfig, DiscriminatorField, GANConfig,
+from .gpm import (FreeParticles, GaussianPrior, Generator, Recipe, RunConfig, DiscriminatorConfig, DiscriminatorField, GANConfig, flow_grid,
                         Method, register, _check, positive, nonneg, discriminator_net, generator_net, push_loss)
 from .score_models import DenoiserField, denoiser_net, DenoiserConfig
 
@@ -215,8 +215,7 @@ def sample(self:DiffFlowParticles, n:int, # number of samples
            steps:int|None=None, # flow steps on [0, 1] (default: the trained K); each evaluates the field once
            ema:bool=True): # follow the averaged field when there is one
     "`n` new samples: prior draws taken through (1) by Euler (split 0) or Euler–Maruyama, then, with `denoise` and a denoiser, its Tweedie step (11) at sigma_min."
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1): raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    grid = None if steps is None else torch.linspace(0, 1, steps + 1, dtype=torch.float64)
+    grid = self.particles.grid_for(steps)
     f = self.sampling_field if ema else self.field
     x = self.particles.sample(f, n, self.device, grid)
     if not (self.denoise and f.a_score): return x
@@ -274,8 +273,8 @@ def diffflow(data, # has `sample(n, device)`
     ratio = (RatioField(discriminator_net(shape, cfg, cfg.t_emb), cfg.loss, cfg.lr, (cfg.beta1, cfg.beta2), cfg.gp, cfg.gp_center, cfg.gp_on)
              if cfg.split < 1 else None)
     field = DiffFlowField(dn and AnnealedScore(dn, ann), ratio, ann.beta, cfg.split)
-    particles = FreeParticles(GaussianPrior(shape, math.hypot(cfg.sigma_max, cfg.sigma_data)), torch.linspace(0, 1, cfg.K + 1, dtype=torch.float64),
-                              field.method, field.noise if field.method == 'euler_maruyama' else None)
+    particles = FreeParticles(GaussianPrior(shape, math.hypot(cfg.sigma_max, cfg.sigma_data)), flow_grid(cfg.K),
+                              field.method, field.noise if field.method == 'euler_maruyama' else None, regrid=flow_grid)
     return DiffFlowParticles(field, particles, ann, data, run.batch_size, cfg.ema, cfg.denoise).to(device or default_device())
 
 # %% ../nbs/18_diffflow.ipynb #48c276c0

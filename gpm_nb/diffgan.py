@@ -272,8 +272,8 @@ def diffused_discr_flow(data, cfg:DiffusedDiscrFlowConfig=DiffusedDiscrFlowConfi
                         device=None) -> DiscrFlow:
     "Discriminator Flow with a diffused discriminator field pushing free particles from N(0, I)."
     shape = tuple(data.sample(1, device='cpu').shape[1:])
-    return DiscrFlow(diffused_field(shape, cfg, cfg.t_emb, cfg.eta), free_particles(shape, cfg), data, run.batch_size, cfg.ema, cfg.bf16,
-                     cfg.grid_power, cfg.grid_anneal).to(device or default_device())
+    return DiscrFlow(diffused_field(shape, cfg, cfg.t_emb, cfg.eta), free_particles(shape, cfg), data, run.batch_size, cfg.ema,
+                     cfg.bf16).to(device or default_device())
 
 # %% ../nbs/19_diffgan.ipynb #e2084c14
 DIFFUSION_GAN_PRESETS = {

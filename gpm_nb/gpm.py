@@ -5,6 +5,7 @@
 # %% ../nbs/16_gpm.ipynb #eb35c174
 from __future__ import annotations
 import json, math, typing
+from functools import partial
 from dataclasses import dataclass, fields, asdict, replace
 from typing import Callable
 import torch
@@ -94,8 +95,9 @@ class FreeParticles:
     def __init__(self, prior, # has `sample(n, device)`
                  grid, # the times t_0..t_N the particles step through
                  method:str='euler', # integrator: 'euler', 'heun' or 'euler_maruyama'
-                 g:float|Callable|None=None): # noise scale of euler_maruyama
-        self.prior, self.grid, self.method, self.g = prior, as_grid(grid), method, g
+                 g:float|Callable|None=None, # noise scale of euler_maruyama
+                 regrid:Callable|None=None): # steps -> a grid of the same kind with that many steps (None: only `grid`)
+        self.prior, self.grid, self.method, self.g, self.regrid = prior, as_grid(grid), method, g, regrid
         integrate(lambda x, t: x, torch.zeros(1, 1), self.grid[:2], method, g)   # refuses a bad method or g now
     def __repr__(self): return f"FreeParticles({self.prior}, N={len(self.grid) - 1}, method={self.method!r})"
 
@@ -139,6 +141,14 @@ def plain_random_states(particles:FreeParticles, field:Callable, n:int, device=N
     return particles.random_states(per_sample_time(field), n, device, whole=True)
 
 # %% ../nbs/16_gpm.ipynb #293b42cc
+@patch
+def grid_for(self:FreeParticles, steps:int|None=None) -> Tensor:
+    "The pusher's grid, or (`steps` given) the grid of the same kind with `steps` steps that `regrid` makes."
+    if steps is None: return self.grid
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1: raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if self.regrid is None: raise ValueError(f"these particles step through one fixed grid of {len(self.grid) - 1} steps: give `regrid` to sample with others")
+    return as_grid(self.regrid(steps))
+
 @patch
 @torch.no_grad()
 def sample(self:FreeParticles, field:Callable, # the field to follow
@@ -213,10 +223,9 @@ class DiscrFlow(Recipe):
                  data, # has `sample(n, device)`
                  batch_size:int=128, # data and particles per iteration
                  ema:float=0., # decay of the field average used to sample (0: none)
-                 bf16:bool=False, # run the flow (not the field's training) with bfloat16 matrix products
-                 grid_power:float=1., grid_anneal:float=1.): # the grid's shape, `flow_grid(K, grid_power, grid_anneal)`: sampling with other steps keeps it
+                 bf16:bool=False): # run the flow (not the field's training) with bfloat16 matrix products
         super().__init__(data, batch_size)
-        self.field, self.particles, self.bf16, self.grid_power, self.grid_anneal = field, particles, bf16, grid_power, grid_anneal
+        self.field, self.particles, self.bf16 = field, particles, bf16
         self.field_ema = EMA(field, ema) if ema else None
     @property
     def K(self): return len(self.particles.grid) - 1
@@ -244,8 +253,7 @@ def sample(self:DiscrFlow, n:int, # number of samples
            steps:int|None=None, # flow steps on [0, 1] (default: the trained K)
            ema:bool=True): # follow the averaged field when there is one
     "`n` new samples: prior draws integrated along the field (3)."
-    if steps is not None and steps < 1: raise ValueError(f"steps must be >= 1, got {steps}")
-    grid = None if steps is None else flow_grid(steps, self.grid_power, self.grid_anneal)
+    grid = self.particles.grid_for(steps)   # with other steps: the same kind of grid (`flow_grid`'s power and anneal)
     with self.flow_precision(): return self.particles.sample(self.sampling_field if ema else self.field, n, self.device, grid)
 
 # %% ../nbs/16_gpm.ipynb #0d40a441
@@ -411,8 +419,9 @@ def _field(shape, cfg:DiscriminatorConfig, t_emb:int, eta:float) -> Discriminato
                               cfg.gp, cfg.gp_center, cfg.gp_on, eta)
 
 def free_particles(shape:tuple, cfg:DiscrFlowConfig) -> FreeParticles:
-    "Discriminator Flow's pusher for samples of `shape`: N(0, I) draws moved over the grid of `cfg` (`flow_grid`)."
-    return FreeParticles(GaussianPrior(shape), flow_grid(cfg.K, cfg.grid_power, cfg.grid_anneal))
+    "Discriminator Flow's pusher for samples of `shape`: N(0, I) draws moved over the grid of `cfg` (`flow_grid`), and over its kind for other steps."
+    shape_of_grid = partial(flow_grid, power=cfg.grid_power, anneal=cfg.grid_anneal)
+    return FreeParticles(GaussianPrior(shape), shape_of_grid(cfg.K), regrid=shape_of_grid)
 
 def discr_flow(data, # has `sample(n, device)`
                cfg:DiscrFlowConfig=DiscrFlowConfig(), # method hyperparameters
@@ -420,8 +429,8 @@ def discr_flow(data, # has `sample(n, device)`
                device=None) -> DiscrFlow:
     "Discriminator Flow: a time-conditioned discriminator field pushing free particles from N(0, I)."
     shape = tuple(data.sample(1, device='cpu').shape[1:])
-    return DiscrFlow(_field(shape, cfg, cfg.t_emb, cfg.eta), free_particles(shape, cfg), data, run.batch_size, cfg.ema, cfg.bf16,
-                     cfg.grid_power, cfg.grid_anneal).to(device or default_device())
+    return DiscrFlow(_field(shape, cfg, cfg.t_emb, cfg.eta), free_particles(shape, cfg), data, run.batch_size, cfg.ema,
+                     cfg.bf16).to(device or default_device())
 
 # %% ../nbs/16_gpm.ipynb #91ab28e3
 def gan(data, # has `sample(n, device)`

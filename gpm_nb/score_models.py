@@ -6,6 +6,7 @@
 from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 import torch
 from torch import nn, Tensor
@@ -84,7 +85,7 @@ def sample(self:Diffusion, n:int, # number of samples
     "`n` samples: prior draws taken down the grid by `sampler` with the (averaged) denoiser."
     if n < 1: raise ValueError(f"n must be >= 1, got {n}")
     run = get_sampler(sampler or self.sampler)
-    grid = self.particles.grid if steps is None else get_sigmas_karras(steps, self.sigma_min, self.sigma_max, self.rho)
+    grid = self.particles.grid_for(steps)   # other steps: a Karras grid on the same range
     D = (self.sampling_field if ema else self.field).denoiser
     return torch.cat([run(D, self.particles.prior.sample(min(chunk, n - i), self.device), grid) for i in range(0, n, chunk)])
 
@@ -319,7 +320,8 @@ def edm(data, # has `sample(n, device)`
     if not (cfg.sigma_min and cfg.sigma_max): raise ValueError("sigma_min and sigma_max must be set: resolve them from the data with `resolve_noise`")
     shape = tuple(data.sample(1, device='cpu').shape[1:])
     grid = get_sigmas_karras(cfg.sample_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)
-    particles = FreeParticles(GaussianPrior(shape, cfg.sigma_max), grid, 'heun')
+    particles = FreeParticles(GaussianPrior(shape, cfg.sigma_max), grid, 'heun',
+                              regrid=partial(get_sigmas_karras, sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, rho=cfg.rho))
     return Diffusion(denoiser_field(shape, cfg), particles, data, run.batch_size, cfg.ema, cfg.sampler, cfg.rho).to(device or default_device())
 
 # %% ../nbs/17_score_models.ipynb #fce4748d

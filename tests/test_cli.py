@@ -4,7 +4,7 @@ from dataclasses import asdict
 import numpy as np, pytest, torch
 from gpm_nb.core import seed_everything
 from gpm_nb.data import ArrayData, load_digits
-from gpm_nb.gpm import METHODS, RunConfig, DiscrFlow
+from gpm_nb.gpm import METHODS, RunConfig, DiscrFlow, flow_grid
 from gpm_nb.train import read_checkpoint, load_checkpoint, NonFiniteLossError, CheckpointError
 from gpm_nb.cli import (train, make_run, run_configs, standardize, sample_run, load_run, bench, bench_compare, gpm_train, gpm_sample, gpm_bench,
                         read_log, DivergedError, DivergenceCB)
@@ -43,7 +43,7 @@ def test_load_run_rebuilds_the_trained_model(tmp_path):
     train(**quick(steps=10, n_samples=100), out=out, grid_anneal=2.)
     model, config = load_run(out)
     assert not model.training and config == json.loads((out/'config.json').read_text())
-    assert same_state(model.state_dict(), weights(out)) and model.grid_anneal == 2.          # the run's grid, not the default
+    assert same_state(model.state_dict(), weights(out)) and torch.equal(model.particles.grid_for(7), flow_grid(7, anneal=2.))   # the run's grid, not the default
     torch.manual_seed(0); a = load_run(out)[0].sample(20)                                     # sample_run draws from it
     torch.manual_seed(0); torch.testing.assert_close(sample_run(out, 20), a)
     with pytest.raises(ValueError, match="unknown checkpoint 'newest'"): load_run(out, checkpoint='newest')

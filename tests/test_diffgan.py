@@ -149,7 +149,7 @@ def test_diffused_discriminator_flow_and_digits():
     out = m.train_step()
     assert {'p', 'T', 'r_d', 'clean'} <= set(out) and m.sample(50).shape == (50, 2)
     m = diffused_discr_flow(gaussians5(), replace(cfg, grid_power=.5, grid_anneal=2., bf16=True), RunConfig(batch_size=32), device='cpu')
-    assert torch.equal(m.particles.grid, flow_grid(5, .5, 2.)) and (m.grid_power, m.grid_anneal, m.bf16) == (.5, 2., True)   # the config's grid and flow
+    assert torch.equal(m.particles.grid, flow_grid(5, .5, 2.)) and torch.equal(m.particles.grid_for(9), flow_grid(9, .5, 2.)) and m.bf16   # the config's grid and flow
     dg = get_dataset('digits')
     m = diffusion_gan(dg, resolve_sigma_n(dg, DIFFUSION_GAN_PRESETS['quick'][1]), RunConfig(batch_size=16), device='cpu')
     assert 'T' in m.train_step() and m.sample(4).shape == (4, 1, 8, 8)

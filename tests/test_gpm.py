@@ -294,11 +294,14 @@ def test_fn_field_in_free_particles():
 
 def test_fn_field_in_discr_flow_recipe():
     seed_everything(0)
-    m = DiscrFlow(FnField(lambda x, t: -x), FreeParticles(GaussianPrior((2,)), torch.linspace(0, 1, 5)), gaussians5(), 16)
+    m = DiscrFlow(FnField(lambda x, t: -x), FreeParticles(GaussianPrior((2,)), flow_grid(4), regrid=flow_grid), gaussians5(), 16)
     assert m.optimizers() == {} and m.K == 4
     assert m.train_step() == {}
     Trainer(m).fit(2)
     assert m.sample(8).shape == (8, 2) and m.sample(8, steps=2).shape == (8, 2)
+    fixed = DiscrFlow(FnField(lambda x, t: -x), FreeParticles(GaussianPrior((2,)), torch.linspace(0, 1, 5)), gaussians5(), 16)
+    assert fixed.sample(8).shape == (8, 2)
+    with pytest.raises(ValueError, match='one fixed grid of 4 steps'): fixed.sample(8, steps=2)   # no regrid: the trained grid only
 
 def test_fn_field_in_gan_recipe():
     "A fixed field v = -x pushes the generator's outputs towards 0; only the generator has an optimiser."
@@ -338,7 +341,7 @@ def test_trajectory_and_sample_shapes():
     with pytest.raises(ValueError, match=f'n_steps <= {K}'): m.particles.trajectory(m.field, z, n_steps=K + 1)
     assert m.sample(5).shape == (5, 2) and m.sample(5, steps=3).shape == (5, 2)
     assert m.particles.sample(m.field, 40, 'cpu', chunk=16).shape == (40, 2)
-    with pytest.raises(ValueError, match='steps must be >= 1'): m.sample(5, steps=0)
+    with pytest.raises(ValueError, match='steps must be an integer >= 1'): m.sample(5, steps=0)
     seed_everything(3); a = m.sample(8)
     seed_everything(3); b = m.particles.trajectory(m.field, m.particles.prior.sample(8, 'cpu'))[-1]
     torch.testing.assert_close(a, b)                                    # sampling = following the K-step flow
@@ -395,7 +398,7 @@ def test_flow_grid_and_sampling_with_other_steps():
     torch.testing.assert_close(flow_grid(4, .5, 2.), 1 - (1 - u.sqrt()) ** 2)
     for p, q in ((.5, 1.), (1., 2.), (.5, 2.)):
         seed_everything(0); m = build_df(grid_power=p, grid_anneal=q)
-        assert (m.grid_power, m.grid_anneal) == (p, q) and torch.equal(m.particles.grid, flow_grid(DF_CFG.K, p, q))
+        assert torch.equal(m.particles.grid, flow_grid(DF_CFG.K, p, q)) and torch.equal(m.particles.grid_for(6), flow_grid(6, p, q))
         torch.manual_seed(3); a = m.sample(8, steps=6)
         torch.manual_seed(3); b = integrate(m.field, m.particles.prior.sample(8, 'cpu'), flow_grid(6, p, q))
         torch.testing.assert_close(a, b)
