@@ -116,11 +116,11 @@ def clusters(d:int):
     return GaussianMixture(torch.stack([torch.full((d,), 3.), torch.full((d,), -3.)]), 0.3, name=f'clusters-d{d}')
 
 def clusters_file(runs:Path, d:int) -> str:
-    "The user's file `runs/clusters-d{d}.npy`: 3000 points of the equal mixture `clusters(d)` (seed 0), written once."
+    "The user's file `runs/clusters-d{d}.npy`: 3000 points of the equal mixture `clusters(d)` (seed 0), written once; the caller's random state is left as it was."
     import numpy as np, torch
     path = Path(runs)/f'clusters-d{d}.npy'
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(0)
-        np.save(path, clusters(d).sample(3000).numpy())
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0); np.save(path, clusters(d).sample(3000).numpy())
     return str(path)

@@ -115,8 +115,10 @@ def test_report_toys_quick_is_one_of_each_kind_of_the_full_set():
 
 def test_clusters_file_is_written_once_in_a_new_folder(tmp_path):
     "The two-cluster array of the reports: (3000, d) points of N(+-3 * 1, 0.3^2 I) with equal weights, the same draw every time."
-    import numpy as np
+    import numpy as np, torch
+    torch.manual_seed(5); before = torch.random.get_rng_state()
     f = clusters_file(tmp_path/'new'/'runs', 3)
+    assert torch.equal(torch.random.get_rng_state(), before)                                          # the caller's random state untouched
     x = np.load(f); side = x.mean(1) > 0
     assert x.shape == (3000, 3) and 1400 < side.sum() < 1600 and np.abs(np.abs(x).mean(0) - 3).max() < 0.05
     assert abs(x[side].std(0).mean() - 0.3) < 0.02 and clusters(3).std == 0.3
