@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable
 import numpy as np
 import torch
+from torch import Tensor
 from .core import default_device, seed_everything, fork_rng, PRESETS, import_torchvision
 from .data import get_dataset, dataset_names
 from .metrics import energy_distance, metric_floor
@@ -24,10 +25,10 @@ import gpm_nb.diffgan        # registers diffusion_gan
 from .yardstick import digits_metrics
 
 # %% auto #0
-__all__ = ['CHECKPOINTS', 'Standardized', 'standardize', 'DataShape', 'preset_names', 'run_configs', 'make_run', 'draw',
-           'plot_samples', 'DivergedError', 'DivergenceCB', 'degradation', 'far_from_data', 'train', 'read_log',
-           'gpm_train', 'load_run', 'sample_run', 'gpm_sample', 'count_nfe', 'bench', 'profile_ops', 'bench_compare',
-           'gpm_bench']
+__all__ = ['CHECKPOINTS', 'Standardized', 'standardize', 'DataShape', 'preset_names', 'run_configs', 'make_run', 'to_model_scale',
+           'to_data_scale', 'draw', 'plot_samples', 'DivergedError', 'DivergenceCB', 'degradation', 'far_from_data',
+           'train', 'read_log', 'gpm_train', 'load_run', 'sample_run', 'gpm_sample', 'count_nfe', 'bench',
+           'profile_ops', 'bench_compare', 'gpm_bench']
 
 # %% ../nbs/20_cli.ipynb #aa63d969
 class Standardized:
@@ -81,16 +82,27 @@ def make_run(method:str, data:str, preset:str, device=None, image_size:int|None=
                   standardize=None if std is None else dict(mean=std.mean.tolist(), scale=std.scale.tolist()))
     return dict(config=config, model=model, data=ds, std=std, run=run, cfg=cfg)
 
+# %% ../nbs/20_cli.ipynb #0517514b
+def _scaling(config:dict, x:Tensor) -> tuple:
+    "(mean, scale) of a run's standardisation, on `x`'s device: (0, 1) for built-in data, which come in their own scale."
+    s = config.get('standardize')
+    if not s: return 0., 1.
+    return torch.tensor(s['mean'], device=x.device, dtype=x.dtype), torch.tensor(s['scale'], device=x.device, dtype=x.dtype)
+
+def to_model_scale(x:Tensor, config:dict) -> Tensor:
+    "Data in their own layout and scale, as the run's model sees them: (x - mean) / scale."
+    mean, scale = _scaling(config, x); return (x - mean) / scale
+
+def to_data_scale(x:Tensor, config:dict) -> Tensor:
+    "The model's samples back in the data's scale: x * scale + mean (the inverse of `to_model_scale`)."
+    mean, scale = _scaling(config, x); return x * scale + mean
+
 # %% ../nbs/20_cli.ipynb #5ced82a2
 def draw(model, config:dict, n:int, steps:int|None=None, sampler:str|None=None):
     "n samples from `model` (with `steps` and `sampler` where it integrates a flow), mapped back to the data's layout and scale."
     if sampler is not None and 'sampler' not in inspect.signature(model.sample).parameters:
         raise ValueError(f"{config['method']} has no sampler choice: --sampler applies to the score methods that integrate a flow (edm)")
-    x = model.sample(n, steps=steps, **({} if sampler is None else dict(sampler=sampler)))
-    if config.get('standardize'):
-        s = config['standardize']
-        x = x * torch.tensor(s['scale'], device=x.device) + torch.tensor(s['mean'], device=x.device)
-    return x
+    return to_data_scale(model.sample(n, steps=steps, **({} if sampler is None else dict(sampler=sampler))), config)
 
 # %% ../nbs/20_cli.ipynb #e01fdb41
 def plot_samples(x, y, path, title=''):
