@@ -20,11 +20,12 @@ from .train import Callback, LinearDecayCB, EMA
 from .monoflow import GAN_LOSSES, gan_loss
 
 # %% auto #0
-__all__ = ['GP_ON', 'positive', 'nonneg', 'init_std_rule', 'METHODS', 'DISCR_FLOW_PRESETS', 'GAN_PRESETS', 'DiscriminatorField',
-           'GaussianPrior', 'FreeParticles', 'per_sample_time', 'plain_random_states', 'push_loss', 'Generator',
-           'Recipe', 'flow_grid', 'DiscrFlow', 'GAN', 'RunConfig', 'DiscriminatorConfig', 'DiscrFlowConfig',
-           'GANConfig', 'override', 'discriminator_net', 'generator_net', 'free_particles', 'discr_flow', 'gan',
-           'schedule_cbs', 'Method', 'register', 'get_method', 'out_of_range', 'evaluate']
+__all__ = ['GP_ON', 'positive', 'nonneg', 'init_std_rule', 'METHODS', 'BUILTIN_METHOD_MODULES', 'DISCR_FLOW_PRESETS',
+           'GAN_PRESETS', 'DiscriminatorField', 'GaussianPrior', 'FreeParticles', 'per_sample_time',
+           'plain_random_states', 'push_loss', 'Generator', 'Recipe', 'flow_grid', 'DiscrFlow', 'GAN', 'RunConfig',
+           'DiscriminatorConfig', 'DiscrFlowConfig', 'GANConfig', 'override', 'discriminator_net', 'generator_net',
+           'free_particles', 'discr_flow', 'gan', 'schedule_cbs', 'Method', 'register', 'all_methods', 'get_method',
+           'out_of_range', 'evaluate']
 
 # %% ../nbs/16_gpm.ipynb #d58e02cd
 GP_ON = ('interp', 'real', 'fake')
@@ -468,8 +469,17 @@ def register(m:Method) -> Method:
     METHODS[m.name] = m
     return m
 
+BUILTIN_METHOD_MODULES = ('gpm_nb.score_models', 'gpm_nb.diffflow', 'gpm_nb.diffgan')   # where the later notebooks register theirs
+
+def all_methods() -> dict:
+    "`METHODS` with every built-in method in it: the modules that register them are imported on first use."
+    import importlib
+    for mod in BUILTIN_METHOD_MODULES: importlib.import_module(mod)
+    return METHODS
+
 def get_method(name:str) -> Method:
-    "The method called `name`; a `ValueError` lists the registered ones."
+    "The method called `name` (a built-in one found without importing its module first); a `ValueError` lists the registered ones."
+    if name not in METHODS: all_methods()
     if name not in METHODS: raise ValueError(f"unknown method {name!r}: choose one of {', '.join(METHODS)}")
     return METHODS[name]
 

@@ -12,9 +12,8 @@ from pathlib import Path
 
 def run_key(preset:str, method:str, data:str, *extra) -> dict:
     "What decides a run: its command line and the definition of its preset as the code holds it now (a changed preset retrains)."
-    import gpm_nb.cli                                          # registers every method
-    from gpm_nb.gpm import METHODS
-    m = METHODS.get(method)
+    from gpm_nb.gpm import all_methods
+    m = all_methods().get(method)
     return dict(args=[method, data, preset, *map(str, extra)], preset_def=repr(m.presets.get(preset)) if m else None)
 
 def run_cli(runs:Path, # folder of the runs (one is reused when its report.json records the same `run_key`)

@@ -8,7 +8,7 @@ from gpm_nb.data import gaussians5, digits
 from gpm_nb.integrate import FnField, integrate
 from gpm_nb.gpm import (DiscriminatorField, GaussianPrior, FreeParticles, Generator, push_loss, DiscrFlow, GAN,
                         RunConfig, DiscriminatorConfig, DiscrFlowConfig, GANConfig, override, discriminator_net,
-                        generator_net, discr_flow, gan, schedule_cbs, Method, METHODS, register, get_method,
+                        generator_net, discr_flow, gan, schedule_cbs, Method, METHODS, register, get_method, all_methods,
                         out_of_range, evaluate, gan_loss, GAN_LOSSES, DISCR_FLOW_PRESETS, GAN_PRESETS,
                         plain_random_states, per_sample_time, flow_grid)
 from gpm_nb.train import Trainer, CheckpointCB, load_checkpoint, LinearDecayCB
@@ -82,8 +82,18 @@ def test_cpu_preset_of_discr_flow_uses_pytorchs_init():
     run, c = METHODS['discr_flow'].presets['cpu']
     assert c.init_std == 0. and METHODS['discr_flow'].presets['gpu'][1].init_std == 0.02
 
+def test_builtin_methods_are_found_from_gpm_alone():
+    "A fresh process that imports only gpm_nb.gpm finds every built-in method (no side-effect import needed first)."
+    import subprocess, sys
+    code = ("from gpm_nb.gpm import METHODS, get_method, all_methods; assert list(METHODS) == ['discr_flow', 'gan']; "
+            "print(get_method('edm').name, sorted(all_methods()))")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split(None, 1) == ['edm', "['diffflow', 'diffusion_gan', 'discr_flow', 'edm', 'gan', 'score_gan', 'sd_flow']\n"]
+    with pytest.raises(ValueError, match='unknown method .vae.: choose one of discr_flow, gan, .*score_gan'): get_method('vae')
+
 def test_every_method_has_the_three_presets():
-    assert set(METHODS) >= {'discr_flow', 'gan'}
+    assert set(all_methods()) == {'discr_flow', 'gan', 'edm', 'sd_flow', 'score_gan', 'diffflow', 'diffusion_gan'}
     for m in METHODS.values():
         assert set(m.presets) >= {'quick', 'cpu', 'gpu'}, m.name          # and maybe presets of its own
         for name, (run, cfg) in m.presets.items():
