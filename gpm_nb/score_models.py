@@ -49,15 +49,14 @@ class DenoiserField(Field):
 class Diffusion(Recipe):
     "Diffusion (EDM): a denoiser's score field pushing free particles from N(0, sigma_max^2 I) down a Karras grid."
     def __init__(self, field:DenoiserField, # the learned score field
-                 particles:FreeParticles, # prior N(0, sigma_max^2 I) and the Karras grid
+                 particles:FreeParticles, # prior N(0, sigma_max^2 I), the Karras grid and its `regrid` for other steps
                  data, # has `sample(n, device)`
                  batch_size:int=128, # data per iteration
                  ema:float=0., # decay of the field average used to sample (0: none)
-                 sampler:str='heun', # default sampler, a name in `SAMPLERS`
-                 rho:float=7.): # grid exponent of the Karras grids drawn for other step counts
+                 sampler:str='heun'): # default sampler, a name in `SAMPLERS`
         super().__init__(data, batch_size)
         get_sampler(sampler)
-        self.field, self.particles, self.sampler, self.rho = field, particles, sampler, rho
+        self.field, self.particles, self.sampler = field, particles, sampler
         self.field_ema = EMA(field, ema) if ema else None
     @property
     def sigma_max(self): return float(self.particles.grid[0])
@@ -319,10 +318,9 @@ def edm(data, # has `sample(n, device)`
     "Diffusion (EDM): a learned score field pushing free particles from N(0, sigma_max^2 I) down a Karras grid."
     if not (cfg.sigma_min and cfg.sigma_max): raise ValueError("sigma_min and sigma_max must be set: resolve them from the data with `resolve_noise`")
     shape = tuple(data.sample(1, device='cpu').shape[1:])
-    grid = get_sigmas_karras(cfg.sample_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)
-    particles = FreeParticles(GaussianPrior(shape, cfg.sigma_max), grid, 'heun',
-                              regrid=partial(get_sigmas_karras, sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, rho=cfg.rho))
-    return Diffusion(denoiser_field(shape, cfg), particles, data, run.batch_size, cfg.ema, cfg.sampler, cfg.rho).to(device or default_device())
+    karras = partial(get_sigmas_karras, sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, rho=cfg.rho)   # steps -> grid, for sampling with others
+    particles = FreeParticles(GaussianPrior(shape, cfg.sigma_max), karras(cfg.sample_steps), 'heun', regrid=karras)
+    return Diffusion(denoiser_field(shape, cfg), particles, data, run.batch_size, cfg.ema, cfg.sampler).to(device or default_device())
 
 # %% ../nbs/17_score_models.ipynb #fce4748d
 def _generator(shape:tuple, cfg:_GeneratorFields) -> Generator:
