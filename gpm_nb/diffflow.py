@@ -16,7 +16,7 @@ from .scores import Denoiser, edm_defaults
 from .sdflow import kernel_denoiser
 from .monoflow import gan_loss
 from .train import EMA
-from .gpm import (FreeParticles, GaussianPrior, Generator, Recipe, RunConfig, DiscriminatorConfig, DiscriminatorField, GANConfig, flow_grid,
+from .gpm import (sample_shape, FreeParticles, GaussianPrior, Generator, Recipe, RunConfig, DiscriminatorConfig, DiscriminatorField, GANConfig, flow_grid,
                         Method, register, _check, positive, nonneg, discriminator_net, generator_net, push_loss)
 from .score_models import DenoiserField, denoiser_net, DenoiserConfig
 
@@ -265,7 +265,7 @@ def diffflow(data, # has `sample(n, device)`
     "Learned DiffFlow: the split's fields (discriminator and/or denoiser) pushing free particles from N(0, (sigma_max^2 + sigma_data^2) I)."
     if not (cfg.sigma_max and cfg.sigma_min and cfg.sigma_data):
         raise ValueError("sigma_max, sigma_min and sigma_data must be set: resolve them from the data with `resolve_diffflow`")
-    shape = tuple(data.sample(1, device='cpu').shape[1:])
+    shape = sample_shape(data)
     ann = Annealing(cfg.sigma_max, cfg.sigma_min, cfg.eta)
     L = math.log(cfg.sigma_max / cfg.sigma_min)
     dn = DenoiserField(Denoiser(denoiser_net(shape, DenoiserConfig(width=cfg.s_width, depth=cfg.s_depth, t_emb=cfg.t_emb), cfg.init_std), cfg.sigma_data),

@@ -14,7 +14,7 @@ from .nets import MLP, ConvNet, FourierEmbedding
 from .integrate import Field
 from .train import all_mean_, dist_info
 from .monoflow import GANLoss
-from .gpm import (DiscriminatorField, DiscrFlow, Generator, GaussianPrior, GAN, RunConfig, GANConfig,
+from .gpm import (sample_shape, DiscriminatorField, DiscrFlow, Generator, GaussianPrior, GAN, RunConfig, GANConfig,
                         DiscrFlowConfig, Method, register, _check, positive, _net_kind, generator_net, free_particles)
 
 # %% auto #0
@@ -264,14 +264,14 @@ def diffusion_gan(data, # has `sample(n, device)`
                   cfg:DiffusionGANConfig=DiffusionGANConfig(sigma_n=0.2), # method hyperparameters (sigma_n resolved)
                   run:RunConfig=RunConfig(), device=None) -> GAN:
     "Diffusion-GAN: a diffused discriminator field pushing a generator (the GAN recipe, any GAN loss)."
-    shape = tuple(data.sample(1, device='cpu').shape[1:])
+    shape = sample_shape(data)
     generator = Generator(generator_net(shape, cfg), GaussianPrior((cfg.latent,)), cfg.g_lr, (cfg.beta1, cfg.beta2))
     return GAN(diffused_field(shape, cfg, 0, 1.), generator, data, run.batch_size, cfg.n_critic, cfg.ema).to(device or default_device())
 
 def diffused_discr_flow(data, cfg:DiffusedDiscrFlowConfig=DiffusedDiscrFlowConfig(sigma_n=0.2), run:RunConfig=RunConfig(),
                         device=None) -> DiscrFlow:
     "Discriminator Flow with a diffused discriminator field pushing free particles from N(0, I)."
-    shape = tuple(data.sample(1, device='cpu').shape[1:])
+    shape = sample_shape(data)
     return DiscrFlow(diffused_field(shape, cfg, cfg.t_emb, cfg.eta), free_particles(shape, cfg), data, run.batch_size, cfg.ema,
                      cfg.bf16).to(device or default_device())
 

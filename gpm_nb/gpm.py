@@ -22,10 +22,10 @@ from .monoflow import GAN_LOSSES, gan_loss
 # %% auto #0
 __all__ = ['GP_ON', 'positive', 'nonneg', 'init_std_rule', 'METHODS', 'BUILTIN_METHOD_MODULES', 'DISCR_FLOW_PRESETS',
            'GAN_PRESETS', 'DiscriminatorField', 'GaussianPrior', 'FreeParticles', 'per_sample_time',
-           'plain_random_states', 'push_loss', 'Generator', 'Recipe', 'flow_grid', 'DiscrFlow', 'GAN', 'RunConfig',
-           'DiscriminatorConfig', 'DiscrFlowConfig', 'GANConfig', 'override', 'discriminator_net', 'generator_net',
-           'free_particles', 'discr_flow', 'gan', 'schedule_cbs', 'Method', 'register', 'all_methods', 'get_method',
-           'out_of_range', 'evaluate']
+           'plain_random_states', 'push_loss', 'Generator', 'sample_shape', 'Recipe', 'flow_grid', 'DiscrFlow', 'GAN',
+           'RunConfig', 'DiscriminatorConfig', 'DiscrFlowConfig', 'GANConfig', 'override', 'discriminator_net',
+           'generator_net', 'free_particles', 'discr_flow', 'gan', 'schedule_cbs', 'Method', 'register', 'all_methods',
+           'get_method', 'out_of_range', 'evaluate']
 
 # %% ../nbs/16_gpm.ipynb #d58e02cd
 GP_ON = ('interp', 'real', 'fake')
@@ -196,6 +196,10 @@ def push(self:Generator, z:Tensor, # latents (n, latent)
     return dict(g_loss=loss.item(), speed=v.flatten(1).norm(dim=1).mean().item())
 
 # %% ../nbs/16_gpm.ipynb #8acad6d2
+def sample_shape(data) -> tuple:
+    "The shape of one sample of `data` (anything with `sample(n, device)`): one draw, on the CPU."
+    return tuple(data.sample(1, device='cpu').shape[1:])
+
 class Recipe(nn.Module):
     "Base of training recipes: the data, a batch size, and a device that follows `.to()` even without parameters."
     def __init__(self, data, batch_size:int):
@@ -206,7 +210,7 @@ class Recipe(nn.Module):
     @property
     def device(self): return self._anchor.device
     @property
-    def shape(self): return tuple(self.data.sample(1, device='cpu').shape[1:])
+    def shape(self): return sample_shape(self.data)
 
 # %% ../nbs/16_gpm.ipynb #e97a4d3a
 def flow_grid(K:int, # number of steps
@@ -429,7 +433,7 @@ def discr_flow(data, # has `sample(n, device)`
                run:RunConfig=RunConfig(), # run settings (the batch size)
                device=None) -> DiscrFlow:
     "Discriminator Flow: a time-conditioned discriminator field pushing free particles from N(0, I)."
-    shape = tuple(data.sample(1, device='cpu').shape[1:])
+    shape = sample_shape(data)
     return DiscrFlow(_field(shape, cfg, cfg.t_emb, cfg.eta), free_particles(shape, cfg), data, run.batch_size, cfg.ema,
                      cfg.bf16).to(device or default_device())
 
@@ -439,7 +443,7 @@ def gan(data, # has `sample(n, device)`
         run:RunConfig=RunConfig(), # run settings (the batch size)
         device=None) -> GAN:
     "A GAN: a discriminator field pushing a generator from a N(0, I) latent."
-    shape = tuple(data.sample(1, device='cpu').shape[1:])
+    shape = sample_shape(data)
     generator = Generator(generator_net(shape, cfg), GaussianPrior((cfg.latent,)), cfg.g_lr, (cfg.beta1, cfg.beta2))
     return GAN(_field(shape, cfg, 0, 1.), generator, data, run.batch_size, cfg.n_critic, cfg.ema).to(device or default_device())
 

@@ -17,7 +17,7 @@ from .integrate import Field
 from .scores import Denoiser, edm_loss, to_d, get_sigmas_karras, get_sampler, SAMPLERS, edm_defaults
 from .sdflow import kernel_denoiser
 from .train import EMA, read_checkpoint
-from .gpm import (FreeParticles, GaussianPrior, Generator, GAN, Recipe, RunConfig, Method, register, push_loss, _check, init_std_rule,
+from .gpm import (sample_shape, FreeParticles, GaussianPrior, Generator, GAN, Recipe, RunConfig, Method, register, push_loss, _check, init_std_rule,
                         positive, nonneg, _net_kind, GANConfig, generator_net)
 
 # %% auto #0
@@ -317,7 +317,7 @@ def edm(data, # has `sample(n, device)`
         device=None) -> Diffusion:
     "Diffusion (EDM): a learned score field pushing free particles from N(0, sigma_max^2 I) down a Karras grid."
     if not (cfg.sigma_min and cfg.sigma_max): raise ValueError("sigma_min and sigma_max must be set: resolve them from the data with `resolve_noise`")
-    shape = tuple(data.sample(1, device='cpu').shape[1:])
+    shape = sample_shape(data)
     karras = partial(get_sigmas_karras, sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, rho=cfg.rho)   # steps -> grid, for sampling with others
     particles = FreeParticles(GaussianPrior(shape, cfg.sigma_max), karras(cfg.sample_steps), 'heun', regrid=karras)
     return Diffusion(denoiser_field(shape, cfg), particles, data, run.batch_size, cfg.ema, cfg.sampler).to(device or default_device())
@@ -329,14 +329,14 @@ def _generator(shape:tuple, cfg:_GeneratorFields) -> Generator:
 
 def sd_flow(data, cfg:SDFlowConfig=SDFlowConfig(), run:RunConfig=RunConfig(), device=None) -> ScoreGenerator:
     "The SD flow with a generator: kernel scores of the data batch and of the generator batch, eq. (1)."
-    shape = tuple(data.sample(1, device='cpu').shape[1:])
+    shape = sample_shape(data)
     field = ScoreDifferenceField(KernelField(), KernelField(), cfg.eta)
     return ScoreGenerator(field, _generator(shape, cfg), data, run.batch_size, cfg.push_sigma_min, cfg.push_sigma_max,
                           cfg.push_rho, cfg.g_ema).to(device or default_device())
 
 def score_gan(data, cfg:ScoreGANConfig=ScoreGANConfig(), run:RunConfig=RunConfig(), device=None) -> ScoreGenerator:
     "ScoreGAN: a data denoiser (trained first, or a teacher's) minus an online fake denoiser pushing a generator."
-    shape = tuple(data.sample(1, device='cpu').shape[1:])
+    shape = sample_shape(data)
     field = ScoreDifferenceField(denoiser_field(shape, cfg, 'data_denoiser'), denoiser_field(shape, cfg, 'fake_denoiser', cfg.fake_lr),
                                  cfg.eta, fit_p=False, n_fit_q=cfg.n_fake)
     model = ScoreGenerator(field, _generator(shape, cfg), data, run.batch_size, cfg.push_sigma_min, cfg.push_sigma_max,
@@ -347,7 +347,7 @@ def resolve_score_gan(data, cfg:ScoreGANConfig) -> ScoreGANConfig:
     "Check the teacher (an EDM run) now, take its architecture, and skip the data-denoiser training it replaces."
     if not cfg.teacher: return cfg
     f, t, _ = _teacher_config(cfg.teacher)
-    shape = tuple(data.sample(1, device='cpu').shape[1:])
+    shape = sample_shape(data)
     if tuple(t['shape']) != shape: raise ValueError(f"the teacher {f} was trained on samples of shape {tuple(t['shape'])}, this data has {shape}")
     keep = {k: t['cfg'][k] for k in ('width', 'depth', 't_emb', 'sigma_data') if k in t['cfg']}
     return replace(cfg, teacher_steps=0, **keep)
