@@ -6,7 +6,7 @@ from gpm_nb.core import seed_everything
 from gpm_nb.data import gaussians5
 from gpm_nb.metrics import energy_distance
 from gpm_nb.scores import mixture_denoiser, log_likelihood
-from gpm_nb.gpm import METHODS, RunConfig, evaluate
+from gpm_nb.gpm import METHODS, RunConfig, evaluate, flow_grid
 from gpm_nb.diffflow import (split_weights, fp_velocity, gaussian_marginal, DiffFlowField, mixture_score, kernel_ratio, Annealing,
                              ode_log_likelihood, RatioField, DiffFlowConfig, DiffFlowParticles, diffflow, resolve_diffflow,
                              DIFFFLOW_PRESETS)
@@ -168,7 +168,8 @@ def test_quick_preset_learns():
     after = evaluate(m.sample(1000), p, floors=False)
     assert after['high_quality'] > before['high_quality'] + 0.15 and after['modes_covered'] == 5, (before, after)
     assert after['energy'] < 0.8 * before['energy'], (before, after)
-    with pytest.raises(ValueError, match='steps'): m.sample(10, steps=0)
+    with pytest.raises(ValueError, match='steps must be an integer >= 1'): m.sample(10, steps=0)
+    assert torch.equal(m.particles.grid, flow_grid(cfg.K)) and torch.equal(m.particles.grid_for(7), flow_grid(7))   # t_k = k/K for any K
 
 def test_sampling_ends_with_the_denoisers_tweedie_step():
     "With a denoiser (split > 0) a draw is D(x_1, sigma_min) of the particles the SDE ends with; split 0 has none and returns them as they are."

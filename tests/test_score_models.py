@@ -5,7 +5,7 @@ import numpy as np, pytest, torch
 from gpm_nb.core import seed_everything
 from gpm_nb.data import gaussians5, get_dataset
 from gpm_nb.nets import MLP
-from gpm_nb.scores import Denoiser, mixture_denoiser, edm_loss, SAMPLERS
+from gpm_nb.scores import Denoiser, mixture_denoiser, edm_loss, SAMPLERS, get_sigmas_karras
 from gpm_nb.gpm import METHODS, RunConfig
 from gpm_nb.train import Trainer, save_checkpoint, load_checkpoint
 from gpm_nb.score_models import (DenoiserField, KernelField, ScoreDifferenceField, ScoreGenerator, Diffusion, EDMConfig,
@@ -111,8 +111,10 @@ def test_edm_noise_range_resolved_from_the_data():
 def test_diffusion_samples_with_every_sampler():
     seed_everything(0); p = gaussians5()
     run, cfg = EDM_PRESETS['quick']
-    m = edm(p, resolve_noise(p, cfg), run, device='cpu')
+    cfg = resolve_noise(p, cfg); m = edm(p, cfg, run, device='cpu')
     for _ in range(3): m.train_step()
+    assert torch.equal(m.particles.grid, get_sigmas_karras(cfg.sample_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho))
+    assert torch.equal(m.particles.grid_for(4), get_sigmas_karras(4, cfg.sigma_min, cfg.sigma_max, cfg.rho))   # other steps: the same range and rho
     for s in SAMPLERS:
         x = m.sample(7, steps=4, sampler=s); assert x.shape == (7, 2) and torch.isfinite(x).all()
     assert m.sample(3).shape == (3, 2)
