@@ -425,8 +425,8 @@ def _field(shape, cfg:DiscriminatorConfig, t_emb:int, eta:float) -> Discriminato
 
 def free_particles(shape:tuple, cfg:DiscrFlowConfig) -> FreeParticles:
     "Discriminator Flow's pusher for samples of `shape`: N(0, I) draws moved over the grid of `cfg` (`flow_grid`), and over its kind for other steps."
-    shape_of_grid = partial(flow_grid, power=cfg.grid_power, anneal=cfg.grid_anneal)
-    return FreeParticles(GaussianPrior(shape), shape_of_grid(cfg.K), regrid=shape_of_grid)
+    make_grid = partial(flow_grid, power=cfg.grid_power, anneal=cfg.grid_anneal)   # steps -> grid
+    return FreeParticles(GaussianPrior(shape), make_grid(cfg.K), regrid=make_grid)
 
 def discr_flow(data, # has `sample(n, device)`
                cfg:DiscrFlowConfig=DiscrFlowConfig(), # method hyperparameters
