@@ -63,9 +63,12 @@ def test_discriminator_field_follows_h(name):
     torch.testing.assert_close(fld(x, torch.zeros(16)), 2. * hp[:, None] * gd)
 
 def test_the_toy_table_matches_monoflow():
-    "MonoFlow's toy table (arXiv 2302.01075): every row's outcome in all three columns."
-    got = {loss: tuple(toy_converged(*monoflow_toy(loss, r)) for r in TOY_RATIOS) for loss in F_LOSSES}
-    assert got == TOY_OUTCOMES
+    """MonoFlow's toy table (arXiv 2302.01075): every row's outcome in the estimated-ratio column, at the official 5000
+    iterations. The exact-ratio columns (attached, detached) are asserted in full by 13_monoflow itself, which the notebook
+    test runs (its quick preset shortens only this column)."""
+    assert TOY_RATIOS[2] == 'gan'
+    got = {loss: toy_converged(*monoflow_toy(loss, 'gan')) for loss in F_LOSSES}
+    assert got == {loss: outcome[2] for loss, outcome in TOY_OUTCOMES.items()}
 
 def test_toy_failures_have_the_papers_shape():
     "Detached forward KL stalls with the mean near (1.4-1.6) and a negatively correlated covariance."
