@@ -16,12 +16,9 @@ from .data import get_dataset, dataset_names
 from .metrics import energy_distance, metric_floor
 from .train import (Trainer, Callback, LogCB, ProgressCB, EvalCB, CheckpointCB, BestCheckpointCB, read_checkpoint, load_checkpoint,
                           NonFiniteLossError, init_distributed, dist_info, rank_seed)
-from .gpm import METHODS, get_method, RunConfig, override, evaluate, schedule_cbs, plain_random_states, per_sample_time
+from .gpm import all_methods, get_method, RunConfig, override, evaluate, schedule_cbs, plain_random_states, per_sample_time
 from .monoflow import GAN_LOSSES
 from .scores import SAMPLERS
-import gpm_nb.score_models   # registers edm, sd_flow and score_gan
-import gpm_nb.diffflow       # registers diffflow
-import gpm_nb.diffgan        # registers diffusion_gan
 from .yardstick import digits_metrics
 
 # %% auto #0
@@ -269,7 +266,7 @@ def _fail(prog:str, msg:str, status:int=2):
 def _registry_help() -> str:
     "The methods, presets, data sets and config fields, as the help's epilog."
     lines = ['methods:']
-    for m in METHODS.values():
+    for m in all_methods().values():
         lines.append(f"  {m.name:12s} {m.field} x {m.pusher} (recipe {m.recipe.__name__}; presets {', '.join(preset_names(m.name))})")
     lines += [f"presets: {', '.join(PRESETS)} for every method (GPM_PRESET picks a notebook's), and the method's own above", f"data: {', '.join(dataset_names())} (real image sets: files under $GPM_DATA, nothing downloads),",
               "      a .npy/.npz array (n, d) or (n, c, h, w), or a folder of PNG/JPEG images (--image_size S resizes)",
@@ -278,7 +275,7 @@ def _registry_help() -> str:
               'config fields (override any with --name value):']
     def show(title, cfg): lines.append(f"  {title}: " + ', '.join(f"{f.name}={getattr(cfg, f.name)!r}" for f in fields(cfg)))
     show('run', RunConfig())
-    for m in METHODS.values(): show(m.name, m.config())
+    for m in all_methods().values(): show(m.name, m.config())
     return '\n'.join(lines)
 
 # %% ../nbs/20_cli.ipynb #8a185f86
@@ -322,8 +319,8 @@ def load_run(run:str|Path, device=None, checkpoint:str='last',
     if checkpoint not in CHECKPOINTS: raise ValueError(f"unknown checkpoint {checkpoint!r}: choose {' or '.join(CHECKPOINTS)}")
     path = Path(run)/CHECKPOINTS[checkpoint]; ckpt = read_checkpoint(path)
     config = ckpt['extra'].get('config')
-    if not config or config.get('method') not in METHODS: raise ValueError(f"{path} holds no known method config")
-    m = METHODS[config['method']]
+    if not config or config.get('method') not in all_methods(): raise ValueError(f"{path} holds no known method config")
+    m = get_method(config['method'])
     rc, cfg = override((RunConfig(), m.config()), **{**config['run'], **config['cfg'], **overrides})
     model = m.build(DataShape(config['shape']), cfg, rc, device=device)
     load_checkpoint(path, model, restore_rng=False)
@@ -469,7 +466,7 @@ def gpm_bench(argv:list|None=None):
     ap.add_argument('--compare', action='store_true', help='Discriminator Flow against its plain computation (float32 and bfloat16 flow)')
     a, rest = ap.parse_known_args(argv)
     kw = _parse_overrides('gpm_bench', rest)
-    methods = list(METHODS) if a.method == 'all' else [a.method]
+    methods = list(all_methods()) if a.method == 'all' else [a.method]
     if a.compare and methods != ['discr_flow']: _fail('gpm_bench', f"--compare times Discriminator Flow: drop --method {a.method} or use --method discr_flow")
     try:
         if a.compare: return print(json.dumps(bench_compare(a.data, a.preset, a.iters, a.n_samples, **kw), indent=1), flush=True)

@@ -4,12 +4,12 @@ from dataclasses import asdict
 import numpy as np, pytest, torch
 from gpm_nb.core import seed_everything
 from gpm_nb.data import ArrayData, load_digits
-from gpm_nb.gpm import METHODS, RunConfig, DiscrFlow, flow_grid
+from gpm_nb.gpm import METHODS, all_methods, RunConfig, DiscrFlow, flow_grid
 from gpm_nb.train import read_checkpoint, load_checkpoint, NonFiniteLossError, CheckpointError
 from gpm_nb.cli import (train, make_run, run_configs, standardize, sample_run, load_run, bench, bench_compare, gpm_train, gpm_sample, gpm_bench,
                         read_log, DivergedError, DivergenceCB)
 
-METHOD_NAMES = list(METHODS)   # every registered method keeps the run-folder contract
+METHOD_NAMES = list(all_methods())   # every built-in method keeps the run-folder contract
 
 def sh(bin_dir, *args):
     "Run a console script; its exit status and stdout + stderr."

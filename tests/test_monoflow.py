@@ -5,8 +5,7 @@ import pytest
 import torch
 from gpm_nb.monoflow import (GAN_LOSSES, F_LOSSES, TOY_RATIOS, TOY_OUTCOMES, gan_loss, optimal_logit, monoflow_toy,
                              toy_converged)
-from gpm_nb.gpm import DiscriminatorField, DiscrFlowConfig, GANConfig, override, METHODS
-import gpm_nb.cli   # registers every method (the score, DiffFlow and Diffusion-GAN ones too)
+from gpm_nb.gpm import DiscriminatorField, DiscrFlowConfig, GANConfig, override, all_methods
 from gpm_nb.nets import MLP
 
 BIN = Path(sys.executable).parent
@@ -75,7 +74,7 @@ def test_toy_failures_have_the_papers_shape():
     mu, cov = monoflow_toy('forward_kl', 'detached')
     assert 1.2 < mu[0] < 1.7 and 1.2 < mu[1] < 1.7 and cov[0, 1] < 0
 
-@pytest.mark.parametrize('method', [m for m, M in METHODS.items() if 'discriminator' in M.field])   # the methods with a GAN loss
+@pytest.mark.parametrize('method', [m for m, M in all_methods().items() if 'discriminator' in M.field])   # the methods with a GAN loss
 def test_cli_trains_with_every_loss_and_refuses_bad_ones(method, tmp_path):
     for loss, extra in [('arcsinh', []), ('saturating', ['--shift', '5'])]:
         r = subprocess.run([str(BIN/'gpm_train'), '--method', method, '--data', 'gaussians5', '--preset', 'quick', '--steps', '20',
