@@ -269,7 +269,7 @@ def _registry_help() -> str:
     for m in all_methods().values():
         lines.append(f"  {m.name:12s} {m.field} x {m.pusher} (recipe {m.recipe.__name__}; presets {', '.join(preset_names(m.name))})")
     lines += [f"presets: {', '.join(PRESETS)} for every method (GPM_PRESET picks a notebook's), and the method's own above", f"data: {', '.join(dataset_names())} (real image sets: files under $GPM_DATA, nothing downloads),",
-              "      a .npy/.npz array (n, d) or (n, c, h, w), or a folder of PNG/JPEG images (--image_size S resizes)",
+              "      a .npy/.npz array (n, d) or (n, c, h, w) (FILE.npz:KEY picks one array of an archive), or a folder of PNG/JPEG images (--image_size S resizes)",
               f"losses (--loss, with --shift C for saturating): {', '.join(GAN_LOSSES)}",
               f"samplers (--sampler of edm, also of gpm_sample): {', '.join(SAMPLERS)}", '',
               'config fields (override any with --name value):']

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_data.ipynb #93b0aa0a
 from __future__ import annotations
-import math, os, gzip, pickle, codecs
+import math, os, re, gzip, pickle, codecs
 from pathlib import Path
 import numpy as np
 import torch
@@ -230,6 +230,8 @@ class ArrayData:
         if x.dtype == torch.bool or x.is_complex(): raise TypeError(f"x must hold real numbers (float or int), got {x.dtype}")
         if x.numel() == 0: raise ValueError(f"x must be non-empty, got shape {tuple(x.shape)}")
         self.x, self.name = check_finite(x.detach().float(), 'x'), name
+        if bool((self.x == self.x[:1]).all()):
+            raise ValueError(f"data {name!r} (n={len(x)}) is a single point repeated: there is no distribution to learn; pass samples that differ")
         self.shape = tuple(x.shape[1:])  # the shape of one sample: (d,) or (c, h, w)
         self.dim = math.prod(self.shape)  # coordinates per sample
 
@@ -251,8 +253,9 @@ def _read_npy_npz(p:Path, key:str|None) -> np.ndarray:
         keys = list(f.files)
         if key is None and len(keys) == 1: key = keys[0]
         if key not in keys:
-            why = 'holds no arrays' if not keys else f"has no array {key!r}" if key is not None else 'holds several arrays'
-            raise ValueError(f"'{p}' {why}: pass key= one of {keys}")
+            if not keys: raise ValueError(f"'{p}' holds no arrays")
+            why = f"has no array {key!r}" if key is not None else 'holds several arrays'
+            raise ValueError(f"'{p}' {why}: choose one of {keys}, with key= or, on the command line, as --data {p}:{keys[0]}")
         try: return f[key]
         except Exception as e: raise ValueError(f"cannot read array {key!r} of '{p}': {e}") from e
 
@@ -528,7 +531,12 @@ def dataset_names() -> list[str]:
     return list(DATASETS) + list(IMAGE_DATASETS)
 
 # %% ../nbs/01_data.ipynb #6c8ca924
-def get_dataset(name_or_path:str, # a name in `dataset_names()`, a .npy/.npz array (n, d) or (n, c, h, w), or an image folder
+def _file_data(path:Path, x:Tensor, name:str) -> ArrayData:
+    "`ArrayData` of `x`, read from `path`: its errors name the file."
+    try: return ArrayData(x, name=name)
+    except ValueError as e: raise ValueError(f"'{path}': {e}") from None
+
+def get_dataset(name_or_path:str, # a name in `dataset_names()`, a .npy/.npz array (n, d) or (n, c, h, w) (`file.npz:key`: one of an archive's), or an image folder
                 image_size:int|None=None, # for a folder: crop and resize every image to image_size x image_size
                ):
     "A built-in data set by name, an `ArrayData` of a .npy/.npz array, or an `ArrayData` of a folder's images (values 0..255)."
@@ -537,8 +545,10 @@ def get_dataset(name_or_path:str, # a name in `dataset_names()`, a .npy/.npz arr
     if image_size is not None and not is_dir: raise ValueError(f"image_size applies to folders of images only, not to {s!r}")
     if s in DATASETS: return DATASETS[s]()
     if s in IMAGE_DATASETS: return IMAGE_DATASETS[s]()
-    if is_dir: return ArrayData(load_image_folder(p, size=image_size), name=p.resolve().name)
-    if s.lower().endswith(('.npy', '.npz')): return ArrayData(load_array(s), name=p.stem)
+    if is_dir: return _file_data(p, load_image_folder(p, size=image_size), p.resolve().name)
+    if s.lower().endswith(('.npy', '.npz')): return _file_data(p, load_array(s), p.stem)
+    if m := re.fullmatch(r'(.+\.npz):([^:/\\]+)', s, flags=re.IGNORECASE):   # file.npz:key, one array of an archive
+        return _file_data(p, load_array(m[1], key=m[2]), f"{Path(m[1]).stem}-{m[2]}")
     if p.exists(): raise ValueError(f"'{p}' is neither a .npy/.npz array nor a folder of images")
     if '/' in s or os.sep in s: raise FileNotFoundError(f"no such file or folder: '{p}'")
     raise ValueError(f"unknown dataset {s!r}: choose one of {', '.join(dataset_names())}, "

@@ -288,7 +288,7 @@ def test_bad_arguments_exit_2(capsys, tmp_path, args, names):
 
 @pytest.mark.parametrize('method, net', [('discr_flow', 'discriminator'), ('gan', 'generator')])
 def test_unsupported_image_size_exits_2(capsys, tmp_path, method, net):
-    np.save(tmp_path/'img16.npy', np.zeros((50, 1, 16, 16), np.float32))
+    np.save(tmp_path/'img16.npy', np.random.default_rng(0).random((50, 1, 16, 16), np.float32))
     code, out = cli(capsys, gpm_train, '--method', method, '--data', tmp_path/'img16.npy', '--preset', 'quick',
                     '--out', tmp_path/'x', '--quiet')
     assert code == 2 and f'no {net} for samples of shape (1, 16, 16)' in out and '8, 28, 32, 64' in out, out
@@ -296,7 +296,7 @@ def test_unsupported_image_size_exits_2(capsys, tmp_path, method, net):
 
 @pytest.mark.parametrize('content, problem', [(b'garbage', 'cannot read'), (np.zeros((0, 2)), 'empty'),
                                               (np.array([[0., np.nan], [1., 2.]]), 'NaN'), (np.zeros(5), 'shape'),
-                                              (np.zeros((4, 8, 8)), 'add a channel axis')])
+                                              (np.zeros((4, 8, 8)), 'add a channel axis'), (np.ones((500, 2)), 'a single point repeated')])
 def test_bad_data_files_exit_2_and_name_the_file(capsys, tmp_path, content, problem):
     f = tmp_path/'bad.npy'
     if isinstance(content, bytes): f.write_bytes(content)

@@ -146,7 +146,7 @@ def test_array_data():
     counts = torch.bincount((s[:, 0] / 2).long(), minlength=6)
     assert (counts > 800).all() and (counts < 1200).all()
     seed_everything(2); assert torch.equal(ad.sample(6000, device='cpu'), s)
-    assert ArrayData(np.ones((3, 4))).dim == 4
+    assert ArrayData(np.eye(3, 4)).dim == 4
 
 
 def test_array_data_images():
@@ -193,7 +193,7 @@ def test_load_array_images_roundtrip(tmp_path):
     assert a.shape == (20, 3, 8, 8) and a.dtype == torch.float32 and torch.allclose(a, torch.tensor(ims, dtype=torch.float32))
     assert torch.allclose(load_array(tmp_path / 'im.npz'), a, atol=1e-3)
     np.save(tmp_path / 'u8.npy', np.full((4, 1, 2, 2), 255, dtype=np.uint8))
-    assert load_array(tmp_path / 'u8.npy').eq(255.).all()
+    assert load_array(tmp_path / 'u8.npy').eq(255.).all()   # load_array reads it; ArrayData refuses it (one point repeated)
 
 
 def test_load_array_3d_asks_for_a_channel_axis(tmp_path):
@@ -217,7 +217,7 @@ def test_load_array_errors_name_the_file_and_the_problem(tmp_path):
              ('a.csv', None, ValueError, "unsupported file type '.csv', expected .npy or .npz"),
              ('bad.npy', None, ValueError, 'cannot read'), ('bad.npz', None, ValueError, 'cannot read'),
              ('trunc.npy', None, ValueError, 'cannot read'),
-             ('two.npz', None, ValueError, r"holds several arrays: pass key= one of \['x', 'y'\]"),
+             ('two.npz', None, ValueError, r"holds several arrays: choose one of \['x', 'y'\], with key= or, on the command line, as --data .*two\.npz:x"),
              ('two.npz', 'z', ValueError, "has no array 'z'"), ('none.npz', None, ValueError, 'holds no arrays'),
              (save('v.npy', xs[:, 0]).name, None, ValueError, r'must be 2-D \(n, d\) or 4-D \(n, c, h, w\), got shape \(50,\)'),
              (save('five.npy', np.zeros((2, 1, 2, 2, 2))).name, None, ValueError, r'got shape \(2, 1, 2, 2, 2\)'),
@@ -233,10 +233,11 @@ def test_load_array_errors_name_the_file_and_the_problem(tmp_path):
 
 def test_get_dataset(tmp_path):
     assert isinstance(get_dataset('gaussians25'), GaussianMixture) and get_dataset('pinwheel').name == 'pinwheel'
-    np.save(tmp_path / 'mine.npy', np.ones((7, 3)))
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / 'mine.npy', rng.normal(size=(7, 3)))
     ds = get_dataset(str(tmp_path / 'mine.npy'))
     assert isinstance(ds, ArrayData) and (ds.name, ds.dim, ds.shape, len(ds)) == ('mine', 3, (3,), 7)
-    np.save(tmp_path / 'pics.npy', np.zeros((5, 3, 32, 32), dtype=np.float32))
+    np.save(tmp_path / 'pics.npy', rng.random((5, 3, 32, 32), dtype=np.float32))
     ds = get_dataset(str(tmp_path / 'pics.npy'))
     assert (ds.name, ds.shape, len(ds)) == ('pics', (3, 32, 32), 5) and ds.sample(2, device='cpu').shape == (2, 3, 32, 32)
     assert isinstance(get_dataset('gaussians_narrow'), GaussianMixture)
@@ -245,6 +246,23 @@ def test_get_dataset(tmp_path):
                                           r"or a path to a \.npy/\.npz array of shape \(n, d\) or \(n, c, h, w\) or to a folder of images"):
         get_dataset('nope')
     with pytest.raises(FileNotFoundError, match='no such file'): get_dataset(str(tmp_path / 'gone.npz'))
+
+
+def test_get_dataset_reads_one_array_of_an_archive(tmp_path):
+    xs = np.random.default_rng(0).normal(size=(40, 3)); np.savez(tmp_path / 'two.npz', x=xs, y=xs[:, :2])
+    ds = get_dataset(f"{tmp_path / 'two.npz'}:y")
+    assert (ds.name, ds.shape, len(ds)) == ('two-y', (2,), 40) and torch.equal(ds.x, torch.tensor(xs[:, :2], dtype=torch.float32))
+    with pytest.raises(ValueError, match="holds several arrays") as e: get_dataset(str(tmp_path / 'two.npz'))
+    assert f"--data {tmp_path / 'two.npz'}:x" in str(e.value)   # says how to pick one on the command line
+    with pytest.raises(ValueError, match="has no array 'z'"): get_dataset(f"{tmp_path / 'two.npz'}:z")
+    with pytest.raises(FileNotFoundError, match='no such file'): get_dataset(f"{tmp_path / 'gone.npz'}:x")
+
+
+@pytest.mark.parametrize('x', [torch.ones(500, 2), torch.zeros(1, 3), torch.full((6, 1, 8, 8), -1.)])
+def test_array_data_refuses_a_single_point(x):
+    with pytest.raises(ValueError, match=rf"data 'mine' \(n={len(x)}\) is a single point repeated: there is no distribution to learn"):
+        ArrayData(x, name='mine')
+    ArrayData(torch.cat([x, x[:1] + 1e-3]), name='mine')   # one sample apart is enough
 
 
 def test_load_digits():
