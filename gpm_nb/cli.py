@@ -175,6 +175,16 @@ def far_from_data(m:dict, # final metrics: `energy` and its real-vs-real `energy
             "each of which fits tight clusters its default misses")
 
 # %% ../nbs/20_cli.ipynb #b2370f74
+def _resume_settings(out:Path, method:str|None, data:str|None, preset:str|None, image_size:int|None, overrides:dict) -> tuple:
+    "(method, data, preset, image_size, overrides) of the run in `out` wherever the caller gave none: what resuming continues."
+    saved = json.loads((out/'config.json').read_text())
+    method = method or saved['method']
+    if method == saved['method']:   # its settings are the defaults; another method is refused by `_check_resume`
+        names = {f.name for c in (RunConfig, get_method(method).config) for f in fields(c)}
+        overrides = {**{k: v for k, v in {**saved['run'], **saved['cfg']}.items() if k in names}, **overrides}
+    return (method, data or saved['data'], preset or saved['preset'],
+            saved.get('image_size') if image_size is None else image_size, overrides)
+
 def _check_resume(out:Path, config:dict) -> bool:
     "Refuse to resume a run whose config.json differs from `config`; return whether the number of steps grows."
     old = json.loads((out/'config.json').read_text())
@@ -212,13 +222,20 @@ def _finish(out:Path, model, config:dict, data, step:int, secs:float, n:int, fai
     return metrics
 
 # %% ../nbs/20_cli.ipynb #b7aea169
-def train(method:str='discr_flow', data:str='gaussians5', preset:str='cpu', out:str|Path|None=None,
-          resume:bool=False, n_samples:int|None=None, quiet:bool=False, device=None, image_size:int|None=None, **overrides) -> dict:
+def train(method:str|None=None, # a registered method; None: discr_flow, or on `resume` the run's own (so too `data`, `preset`)
+          data:str|None=None, # a built-in data set, a .npy/.npz file or a folder of images; None: gaussians5
+          preset:str|None=None, # None: cpu
+          out:str|Path|None=None, resume:bool=False, n_samples:int|None=None, quiet:bool=False, device=None, image_size:int|None=None,
+          **overrides) -> dict:
     "Train `method` on `data` with `preset` (and config `overrides`) into folder `out` (default runs/METHOD_DATA); return the final metrics."
     rank, world = init_distributed()
+    if resume and out is not None and (Path(out)/'config.json').exists():
+        method, data, preset, image_size, overrides = _resume_settings(Path(out), method, data, preset, image_size, overrides)
+    method, data, preset = method or 'discr_flow', data or 'gaussians5', preset or 'cpu'
     r = make_run(method, data, preset, device=device, image_size=image_size, **overrides)
     model, config, run = r['model'], r['config'], r['run']
     out = Path(out or f"runs/{method}_{Path(data).stem}"); ckpt = out/'checkpoint.pt'
+    if out.exists() and not out.is_dir(): raise ValueError(f"{out} is a file: --out names the folder a run is written into")
     if ckpt.exists() and not resume:
         raise ValueError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
     if resume and not ckpt.exists(): raise ValueError(f"--resume: no checkpoint in {out}; train first without --resume")
@@ -295,11 +312,11 @@ def gpm_train(argv:list|None=None):
     "Train a generative particle model; write checkpoint, config, metrics, samples and log into --out."
     ap = argparse.ArgumentParser('gpm_train', description=gpm_train.__doc__, epilog=_registry_help(),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--method', default='discr_flow', help='a registered method (below)')
-    ap.add_argument('--data', default='gaussians5', help='a built-in data set (below), a .npy/.npz file or a folder of images')
-    ap.add_argument('--preset', default='cpu', help=f"{', '.join(PRESETS)}, or one of the method's own (below)")
+    ap.add_argument('--method', default=None, help='a registered method (below; default discr_flow)')
+    ap.add_argument('--data', default=None, help='a built-in data set (below; default gaussians5), a .npy/.npz file or a folder of images')
+    ap.add_argument('--preset', default=None, help=f"{', '.join(PRESETS)}, or one of the method's own (below; default cpu)")
     ap.add_argument('--out', default=None, help='run folder (default: runs/METHOD_DATA)')
-    ap.add_argument('--resume', action='store_true', help='continue the run in --out from its checkpoint')
+    ap.add_argument('--resume', action='store_true', help="continue the run in --out from its checkpoint, with the run's own settings")
     ap.add_argument('--n_samples', type=int, default=None, help="samples drawn at the end (default: the run's n_eval)")
     ap.add_argument('--quiet', action='store_true', help='no progress lines')
     ap.add_argument('--image_size', type=int, default=None, help='resize the images of a folder --data to this side (px)')

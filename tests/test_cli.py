@@ -123,6 +123,21 @@ def test_resume_continues_without_lr_decay(tmp_path):
     assert same_state(weights(out), weights(tmp_path/'straight'))
     with pytest.raises(ValueError, match='no checkpoint'): train(**quick(), out=tmp_path/'new', resume=True)
 
+@pytest.mark.parametrize('method', METHOD_NAMES)
+def test_resume_takes_the_runs_own_settings(capsys, tmp_path, method):
+    "`gpm_train --out RUN --resume --steps N`: the method, data, preset and every override come from the run's config.json; the run goes on exactly."
+    out, straight = tmp_path/'r', tmp_path/'straight'
+    train(**{**quick(method, steps=10, eval_every=10, seed=3), 'data': 'moons'}, out=out)
+    before = json.loads((out/'config.json').read_text())
+    code, msg = cli(capsys, gpm_train, '--out', out, '--resume', '--steps', '20', '--quiet')
+    assert code == 0 and read_checkpoint(out/'checkpoint.pt')['step'] == 20, msg
+    after = json.loads((out/'config.json').read_text())
+    assert after['run'] == {**before['run'], 'steps': 20} and {k: v for k, v in after.items() if k != 'run'} == {k: v for k, v in before.items() if k != 'run'}
+    train(**{**quick(method, steps=20, eval_every=10, seed=3), 'data': 'moons'}, out=straight)
+    assert same_state(weights(out), weights(straight))
+    code, msg = cli(capsys, gpm_train, '--out', out, '--resume', '--steps', '30', '--data', 'gaussians5', '--quiet')
+    assert code == 2 and "differs in: data: data='moons'" in msg, msg
+
 def test_resume_with_more_steps_under_lr_decay_is_refused(tmp_path):
     out = tmp_path/'r'
     train(**quick(steps=10, lr_decay=0.5), out=out)
