@@ -361,10 +361,16 @@ def gpm_sample(argv:list|None=None):
     ap.add_argument('--seed', type=int, default=0, help='random seed')
     ap.add_argument('--checkpoint', default='last', help="last (the end of training) or best (the evaluation with the lowest energy distance)")
     a = ap.parse_args(argv)
-    seed_everything(a.seed)
-    try: x = sample_run(a.run, a.n, a.steps, sampler=a.sampler, checkpoint=a.checkpoint)
+    out = Path(a.out)
+    if out.suffix != '.npy': _fail('gpm_sample', f"--out {out}: give a .npy file name (numpy would write {out}.npy)")
+    if not out.parent.is_dir(): _fail('gpm_sample', f"--out {out}: there is no folder {out.parent}")
+    try:
+        seed_everything(a.seed)
+        x = sample_run(a.run, a.n, a.steps, sampler=a.sampler, checkpoint=a.checkpoint)
     except ValueError as e: _fail('gpm_sample', str(e))
-    np.save(a.out, x.cpu().numpy()); print(f"wrote {tuple(x.shape)} samples to {a.out}")
+    try: np.save(out, x.cpu().numpy())
+    except OSError as e: _fail('gpm_sample', f"cannot write {out}: {e.strerror or e}", 1)
+    print(f"wrote {tuple(x.shape)} samples to {out}")
 
 # %% ../nbs/20_cli.ipynb #6de08705
 def _synchronizer(device) -> Callable:
@@ -400,9 +406,16 @@ def count_nfe(model:torch.nn.Module, # the trained model: its networks are its s
     return x, seen[0] / len(x)
 
 # %% ../nbs/20_cli.ipynb #283c0ccd
+def _check_counts(**kw):
+    "A `ValueError` naming the first of `kw` that is not a whole number (>= 1, or >= 0 for `profile`)."
+    for k, v in kw.items():
+        low = 0 if k == 'profile' else 1
+        if not (isinstance(v, int) and v >= low): raise ValueError(f"--{k} must be an integer >= {low}, got {v!r}")
+
 def bench(method:str='discr_flow', data:str='gaussians5', preset:str='gpu', iters:int=50, n_samples:int=10_000,
           device=None, profile:int=0, **overrides) -> dict:
     "Time `iters` training iterations and drawing `n_samples` (with config `overrides`); report NFE, peak memory and, with `profile` > 0, that many top operators."
+    _check_counts(iters=iters, profile=profile)
     device = device or default_device()
     model = make_run(method, data, preset, device=device, **overrides)['model']
     sync = _synchronizer(device)
@@ -446,6 +459,7 @@ def _median_seconds(fns:dict, reps:int, sync) -> dict:
 
 def bench_compare(data:str='gaussians5', preset:str='gpu', iters:int=20, n_samples:int=2000, device=None, **overrides) -> dict:
     "Seconds per Discriminator Flow training iteration and per `n_samples` samples: the plain computation, ours, ours with a bfloat16 flow."
+    _check_counts(iters=iters)
     device = device or default_device()
     model = make_run('discr_flow', data, preset, device=device, **overrides)['model']
     sync = _synchronizer(device)
@@ -488,4 +502,4 @@ def gpm_bench(argv:list|None=None):
     try:
         if a.compare: return print(json.dumps(bench_compare(a.data, a.preset, a.iters, a.n_samples, **kw), indent=1), flush=True)
         for m in methods: print(json.dumps(bench(m, a.data, a.preset, a.iters, a.n_samples, profile=a.profile, **kw), indent=1), flush=True)
-    except ValueError as e: _fail('gpm_bench', str(e))
+    except (ValueError, FileNotFoundError) as e: _fail('gpm_bench', str(e))

@@ -431,6 +431,17 @@ def test_sample_run(tmp_path, capsys, method):
     code, msg = cli(capsys, gpm_sample, tmp_path/'none', '--out', tmp_path/'x.npy')
     assert code == 2 and 'no checkpoint' in msg and 'Traceback' not in msg, msg
 
+def test_gpm_sample_bad_arguments_exit_2(tmp_path, capsys):
+    "A seed < 0, an --out that is not .npy (numpy would append .npy) or in no folder: a message, exit status 2, nothing written."
+    out = tmp_path/'r'
+    train(**quick(steps=5), out=out)
+    for args, msg in [(('--seed', -1), 'seed must be a non-negative integer, got -1'),
+                      (('--out', tmp_path/'s.txt'), f"give a .npy file name (numpy would write {tmp_path/'s.txt'}.npy)"),
+                      (('--out', tmp_path/'no'/'s.npy'), f"there is no folder {tmp_path/'no'}")]:
+        code, got = cli(capsys, gpm_sample, out, *args)
+        assert code == 2 and msg in got and 'Traceback' not in got, got
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['r']
+
 @pytest.mark.parametrize('method', METHOD_NAMES)
 def test_checkpoint_round_trip_samples_identically(tmp_path, monkeypatch, method):
     "sample_run rebuilds the trained model from the run folder: same weights, same samples under the same seed."
@@ -467,6 +478,10 @@ def test_gpm_bench_cli(capsys):
     assert code == 0 and json.loads(out)['n_samples'] == 10, out
     code, out = cli(capsys, gpm_bench, '--method', 'gan9', '--preset', 'quick')
     assert code == 2 and 'choose one of discr_flow, gan' in out and 'Traceback' not in out, out
+    for args, msg in [(('--iters', 0), '--iters must be an integer >= 1, got 0'), (('--profile', -1), '--profile must be an integer >= 0, got -1'),
+                      (('--compare', '--iters', 0), '--iters must be an integer >= 1'), (('--data', 'nothere.npy'), "no such file: 'nothere.npy'")]:
+        code, out = cli(capsys, gpm_bench, '--preset', 'quick', *args)
+        assert code == 2 and msg in out and 'Traceback' not in out, out
 
 def test_bench_compare_times_the_three_variants():
     b = bench_compare(preset='quick', iters=2, n_samples=64, device='cpu')
