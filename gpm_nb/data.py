@@ -16,8 +16,8 @@ from .core import default_device, check_shape, check_finite, import_torchvision
 __all__ = ['DATASETS', 'IMAGE_EXTS', 'IMAGE_DATASETS', 'GaussianMixture', 'gaussians5', 'gaussians8', 'gaussians25',
            'gaussians_narrow', 'gaussians_uneven', 'Toy2D', 'draw_moons', 'draw_swiss_roll', 'draw_checkerboard',
            'draw_rings', 'draw_pinwheel', 'moons', 'swiss_roll', 'checkerboard', 'rings', 'pinwheel', 'ArrayData',
-           'load_array', 'load_digits', 'digits', 'load_image_folder', 'data_root', 'ImageData', 'read_idx', 'mnist',
-           'cifar10', 'celeba64', 'dataset_names', 'get_dataset']
+           'as_data', 'load_array', 'load_digits', 'digits', 'load_image_folder', 'data_root', 'ImageData', 'read_idx',
+           'mnist', 'cifar10', 'celeba64', 'dataset_names', 'get_dataset']
 
 # %% ../nbs/01_data.ipynb #b85cd9ae
 def _check_n(n) -> int:
@@ -242,6 +242,15 @@ class ArrayData:
 
     def __len__(self): return len(self.x)
     def __repr__(self): return f"ArrayData({self.name!r}, n={len(self.x)}, shape={self.shape})"
+
+# %% ../nbs/01_data.ipynb #5eed5cfa
+def as_data(data, # has `sample(n, device)`, or a tensor / numpy array of samples (n, d) or (n, c, h, w)
+           ):
+    "`data` if it can `sample(n, device)`, an `ArrayData` of samples given as a tensor or numpy array; else a `TypeError`."
+    if isinstance(data, (Tensor, np.ndarray)): return ArrayData(data)
+    if not callable(getattr(data, 'sample', None)):
+        raise TypeError(f"data must be a tensor or numpy array of samples {_SHAPES} or have sample(n, device), got {type(data).__name__}")
+    return data
 
 # %% ../nbs/01_data.ipynb #d332370f
 def _read_npy_npz(p:Path, key:str|None) -> np.ndarray:

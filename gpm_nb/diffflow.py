@@ -16,7 +16,8 @@ from .scores import Denoiser, edm_defaults
 from .sdflow import kernel_denoiser
 from .monoflow import gan_loss
 from .train import EMA
-from .gpm import (sample_shape, FreeParticles, GaussianPrior, Generator, Recipe, RunConfig, DiscriminatorConfig, DiscriminatorField, GANConfig, flow_grid,
+from .data import as_data
+from .gpm import (sample_shape, method_inputs, FreeParticles, GaussianPrior, Generator, Recipe, RunConfig, DiscriminatorConfig, DiscriminatorField, GANConfig, flow_grid,
                         Method, register, _check, positive, nonneg, discriminator_net, generator_net, push_loss)
 from .score_models import DenoiserField, denoiser_net, DenoiserConfig
 
@@ -252,6 +253,7 @@ class DiffFlowConfig(DiscriminatorConfig):
 # %% ../nbs/18_diffflow.ipynb #34bf10c9
 def resolve_diffflow(data, cfg:DiffFlowConfig) -> DiffFlowConfig:
     "`cfg` with sigma_max, sigma_min, sigma_data given as 0 derived from 2000 samples of `data`: its RMS, 1% of it, its RMS."
+    data = as_data(data)
     if cfg.sigma_max and cfg.sigma_min and cfg.sigma_data: return cfg
     rms = edm_defaults(data.sample(2000, device='cpu'))['sigma_data']
     smax = cfg.sigma_max or float(f"{rms:.4g}")
@@ -263,6 +265,7 @@ def diffflow(data, # has `sample(n, device)`
              run:RunConfig=RunConfig(), # run settings (the batch size)
              device=None) -> DiffFlowParticles:
     "Learned DiffFlow: the split's fields (discriminator and/or denoiser) pushing free particles from N(0, (sigma_max^2 + sigma_data^2) I)."
+    data = method_inputs(data, cfg, DiffFlowConfig, run)
     if not (cfg.sigma_max and cfg.sigma_min and cfg.sigma_data):
         raise ValueError("sigma_max, sigma_min and sigma_data must be set: resolve them from the data with `resolve_diffflow`")
     shape = sample_shape(data)
@@ -332,6 +335,7 @@ def sample(self:DiffFlowGenerator, n:int, steps:int|None=None, chunk:int=4096) -
 def diffflow_generator(data, cfg:DiffFlowConfig, run:RunConfig=RunConfig(), latent:int=16, g_width:int=128, g_depth:int=3,
                        g_lr:float=2e-4, device=None) -> DiffFlowGenerator:
     "DiffFlow with a generator (MLP, N(0, I) latent): the split's fields of `diffflow` pushing g_theta along the drift."
+    data = method_inputs(data, cfg, DiffFlowConfig, run)
     parts = diffflow(data, cfg, run, 'cpu')
     net = generator_net(parts.shape, GANConfig(latent=latent, g_width=g_width, g_depth=g_depth))
     gen = Generator(net, GaussianPrior((latent,)), g_lr, (0.5, 0.999))

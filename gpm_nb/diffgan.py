@@ -14,7 +14,8 @@ from .nets import MLP, ConvNet, FourierEmbedding
 from .integrate import Field
 from .train import all_mean_, dist_info
 from .monoflow import GANLoss
-from .gpm import (sample_shape, DiscriminatorField, DiscrFlow, Generator, GaussianPrior, GAN, RunConfig, GANConfig,
+from .data import as_data
+from .gpm import (sample_shape, method_inputs, DiscriminatorField, DiscrFlow, Generator, GaussianPrior, GAN, RunConfig, GANConfig,
                         DiscrFlowConfig, Method, register, _check, positive, _net_kind, generator_net, free_particles)
 
 # %% auto #0
@@ -242,6 +243,7 @@ SIGMA_N_RATIO = 0.1   # the official sigma_n = 0.05 over the ~0.5 per-pixel std 
 
 def resolve_sigma_n(data, cfg):
     "`cfg` with sigma_n = 0 replaced by SIGMA_N_RATIO times the data's per-coordinate RMS std (from 2000 samples)."
+    data = as_data(data)
     if cfg.sigma_n: return cfg
     x = data.sample(2000, device='cpu').flatten(1).double()
     return replace(cfg, sigma_n=float(f"{SIGMA_N_RATIO * x.var(0).mean().sqrt().item():.4g}"))
@@ -264,14 +266,14 @@ def diffusion_gan(data, # has `sample(n, device)`
                   cfg:DiffusionGANConfig=DiffusionGANConfig(sigma_n=0.2), # method hyperparameters (sigma_n resolved)
                   run:RunConfig=RunConfig(), device=None) -> GAN:
     "Diffusion-GAN: a diffused discriminator field pushing a generator (the GAN recipe, any GAN loss)."
-    shape = sample_shape(data)
+    data = method_inputs(data, cfg, DiffusionGANConfig, run); shape = sample_shape(data)
     generator = Generator(generator_net(shape, cfg), GaussianPrior((cfg.latent,)), cfg.g_lr, (cfg.beta1, cfg.beta2))
     return GAN(diffused_field(shape, cfg, 0, 1.), generator, data, run.batch_size, cfg.n_critic, cfg.ema).to(device or default_device())
 
 def diffused_discr_flow(data, cfg:DiffusedDiscrFlowConfig=DiffusedDiscrFlowConfig(sigma_n=0.2), run:RunConfig=RunConfig(),
                         device=None) -> DiscrFlow:
     "Discriminator Flow with a diffused discriminator field pushing free particles from N(0, I)."
-    shape = sample_shape(data)
+    data = method_inputs(data, cfg, DiffusedDiscrFlowConfig, run); shape = sample_shape(data)
     return DiscrFlow(diffused_field(shape, cfg, cfg.t_emb, cfg.eta), free_particles(shape, cfg), data, run.batch_size, cfg.ema,
                      cfg.bf16).to(device or default_device())
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn, Tensor
 from fastcore.basics import patch
 from .core import default_device, check_finite, append_dims
+from .data import as_data
 from .nets import MLP, ConvNet, ConvGenerator
 from .integrate import Field, FnField, integrate, as_grid
 from .metrics import energy_distance, sliced_w2, mmd, metric_floor, mode_stats
@@ -24,8 +25,8 @@ __all__ = ['GP_ON', 'positive', 'nonneg', 'init_std_rule', 'METHODS', 'BUILTIN_M
            'GAN_PRESETS', 'DiscriminatorField', 'GaussianPrior', 'FreeParticles', 'per_sample_time',
            'plain_random_states', 'push_loss', 'Generator', 'sample_shape', 'Recipe', 'flow_grid', 'DiscrFlow', 'GAN',
            'RunConfig', 'DiscriminatorConfig', 'DiscrFlowConfig', 'GANConfig', 'override', 'discriminator_net',
-           'generator_net', 'free_particles', 'discr_flow', 'gan', 'schedule_cbs', 'Method', 'register', 'all_methods',
-           'get_method', 'out_of_range', 'evaluate']
+           'generator_net', 'method_inputs', 'free_particles', 'discr_flow', 'gan', 'schedule_cbs', 'Method',
+           'register', 'all_methods', 'get_method', 'out_of_range', 'evaluate']
 
 # %% ../nbs/16_gpm.ipynb #d58e02cd
 GP_ON = ('interp', 'real', 'fake')
@@ -418,6 +419,16 @@ def generator_net(shape:tuple, cfg:GANConfig) -> nn.Module:
     if _net_kind(shape, 'generator') == 'vector': return MLP(cfg.latent, shape[0], cfg.g_width, cfg.g_depth, 0, init_std=cfg.init_std, squeeze=False)
     return ConvGenerator(cfg.latent, shape[0], shape[1], max(cfg.g_width // 8, 8))
 
+# %% ../nbs/16_gpm.ipynb #6af9ac80
+def method_inputs(data, # has `sample(n, device)`, or a tensor / numpy array of samples (n, ...)
+                  cfg, # the method's config
+                  cls:type, # the config class the method takes
+                  run) -> object: # a `RunConfig`
+    "The data a builder trains on (samples given as a tensor or array become `ArrayData`); a `TypeError` for arguments of the wrong kind."
+    if not isinstance(cfg, cls): raise TypeError(f"cfg must be an instance of {cls.__name__}, got {type(cfg).__name__}: builders take (data, cfg, run, device)")
+    if not isinstance(run, RunConfig): raise TypeError(f"run must be an instance of RunConfig, got {type(run).__name__}: builders take (data, cfg, run, device)")
+    return as_data(data)
+
 # %% ../nbs/16_gpm.ipynb #6786bd89
 def _field(shape, cfg:DiscriminatorConfig, t_emb:int, eta:float) -> DiscriminatorField:
     return DiscriminatorField(discriminator_net(shape, cfg, t_emb), cfg.loss, cfg.shift, cfg.lr, (cfg.beta1, cfg.beta2),
@@ -428,22 +439,22 @@ def free_particles(shape:tuple, cfg:DiscrFlowConfig) -> FreeParticles:
     make_grid = partial(flow_grid, power=cfg.grid_power, anneal=cfg.grid_anneal)   # steps -> grid
     return FreeParticles(GaussianPrior(shape), make_grid(cfg.K), regrid=make_grid)
 
-def discr_flow(data, # has `sample(n, device)`
+def discr_flow(data, # has `sample(n, device)`, or a tensor / array of samples
                cfg:DiscrFlowConfig=DiscrFlowConfig(), # method hyperparameters
                run:RunConfig=RunConfig(), # run settings (the batch size)
                device=None) -> DiscrFlow:
     "Discriminator Flow: a time-conditioned discriminator field pushing free particles from N(0, I)."
-    shape = sample_shape(data)
+    data = method_inputs(data, cfg, DiscrFlowConfig, run); shape = sample_shape(data)
     return DiscrFlow(_field(shape, cfg, cfg.t_emb, cfg.eta), free_particles(shape, cfg), data, run.batch_size, cfg.ema,
                      cfg.bf16).to(device or default_device())
 
 # %% ../nbs/16_gpm.ipynb #91ab28e3
-def gan(data, # has `sample(n, device)`
+def gan(data, # has `sample(n, device)`, or a tensor / array of samples
         cfg:GANConfig=GANConfig(), # method hyperparameters
         run:RunConfig=RunConfig(), # run settings (the batch size)
         device=None) -> GAN:
     "A GAN: a discriminator field pushing a generator from a N(0, I) latent."
-    shape = sample_shape(data)
+    data = method_inputs(data, cfg, GANConfig, run); shape = sample_shape(data)
     generator = Generator(generator_net(shape, cfg), GaussianPrior((cfg.latent,)), cfg.g_lr, (cfg.beta1, cfg.beta2))
     return GAN(_field(shape, cfg, 0, 1.), generator, data, run.batch_size, cfg.n_critic, cfg.ema).to(device or default_device())
 

@@ -17,7 +17,8 @@ from .integrate import Field
 from .scores import Denoiser, edm_loss, to_d, get_sigmas_karras, get_sampler, SAMPLERS, edm_defaults
 from .sdflow import kernel_denoiser
 from .train import EMA, read_checkpoint
-from .gpm import (sample_shape, FreeParticles, GaussianPrior, Generator, GAN, Recipe, RunConfig, Method, register, push_loss, _check, init_std_rule,
+from .data import as_data
+from .gpm import (sample_shape, method_inputs, FreeParticles, GaussianPrior, Generator, GAN, Recipe, RunConfig, Method, register, push_loss, _check, init_std_rule,
                         positive, nonneg, _net_kind, GANConfig, generator_net)
 
 # %% auto #0
@@ -304,7 +305,7 @@ def denoiser_field(shape:tuple, cfg:DenoiserConfig, name:str='field', lr:float|N
 def resolve_noise(data, cfg):
     "`cfg` with sigma_data, sigma_min, sigma_max given as 0 derived from 2000 samples of `data` by `edm_defaults` (start error 1e-3): the RMS, >= 0.02 RMS, the start level."
     if cfg.sigma_data and cfg.sigma_min and cfg.sigma_max: return cfg
-    d = edm_defaults(data.sample(2000, device='cpu'), kl_tol=1e-3)
+    d = edm_defaults(as_data(data).sample(2000, device='cpu'), kl_tol=1e-3)
     smin, smax = cfg.sigma_min or max(d['sigma_min'], 0.02 * d['sigma_data']), cfg.sigma_max or d['sigma_max']
     if not smin < smax: raise ValueError(f"sigma_min={smin:g} must be below sigma_max={smax:g}: set both, or neither, from the data")
     r4 = lambda v: float(f"{v:.4g}")
@@ -316,6 +317,7 @@ def edm(data, # has `sample(n, device)`
         run:RunConfig=RunConfig(), # run settings (the batch size)
         device=None) -> Diffusion:
     "Diffusion (EDM): a learned score field pushing free particles from N(0, sigma_max^2 I) down a Karras grid."
+    data = method_inputs(data, cfg, EDMConfig, run)
     if not (cfg.sigma_min and cfg.sigma_max): raise ValueError("sigma_min and sigma_max must be set: resolve them from the data with `resolve_noise`")
     shape = sample_shape(data)
     karras = partial(get_sigmas_karras, sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, rho=cfg.rho)   # steps -> grid, for sampling with others
@@ -329,14 +331,14 @@ def _generator(shape:tuple, cfg:_GeneratorFields) -> Generator:
 
 def sd_flow(data, cfg:SDFlowConfig=SDFlowConfig(), run:RunConfig=RunConfig(), device=None) -> ScoreGenerator:
     "The SD flow with a generator: kernel scores of the data batch and of the generator batch, eq. (1)."
-    shape = sample_shape(data)
+    data = method_inputs(data, cfg, SDFlowConfig, run); shape = sample_shape(data)
     field = ScoreDifferenceField(KernelField(), KernelField(), cfg.eta)
     return ScoreGenerator(field, _generator(shape, cfg), data, run.batch_size, cfg.push_sigma_min, cfg.push_sigma_max,
                           cfg.push_rho, cfg.g_ema).to(device or default_device())
 
 def score_gan(data, cfg:ScoreGANConfig=ScoreGANConfig(), run:RunConfig=RunConfig(), device=None) -> ScoreGenerator:
     "ScoreGAN: a data denoiser (trained first, or a teacher's) minus an online fake denoiser pushing a generator."
-    shape = sample_shape(data)
+    data = method_inputs(data, cfg, ScoreGANConfig, run); shape = sample_shape(data)
     field = ScoreDifferenceField(denoiser_field(shape, cfg, 'data_denoiser'), denoiser_field(shape, cfg, 'fake_denoiser', cfg.fake_lr),
                                  cfg.eta, fit_p=False, n_fit_q=cfg.n_fake)
     model = ScoreGenerator(field, _generator(shape, cfg), data, run.batch_size, cfg.push_sigma_min, cfg.push_sigma_max,
@@ -347,7 +349,7 @@ def resolve_score_gan(data, cfg:ScoreGANConfig) -> ScoreGANConfig:
     "Check the teacher (an EDM run) now, take its architecture, and skip the data-denoiser training it replaces."
     if not cfg.teacher: return cfg
     f, t, _ = _teacher_config(cfg.teacher)
-    shape = sample_shape(data)
+    shape = sample_shape(as_data(data))
     if tuple(t['shape']) != shape: raise ValueError(f"the teacher {f} was trained on samples of shape {tuple(t['shape'])}, this data has {shape}")
     keep = {k: t['cfg'][k] for k in ('width', 'depth', 't_emb', 'sigma_data') if k in t['cfg']}
     return replace(cfg, teacher_steps=0, **keep)

@@ -521,3 +521,24 @@ def test_out_of_range_of_images_inside_the_data_range():
     assert out_of_range(x, y) < 0.05
     assert out_of_range(torch.zeros(500, 1, 8, 8), y) < 0.05
     assert out_of_range(torch.full((500, 1, 8, 8), 9.), y) == 1.
+
+
+@pytest.mark.parametrize('method', list(all_methods()))
+def test_builders_take_samples_as_a_tensor_or_array_and_refuse_wrong_configs(method):
+    "Every method's builder trains on plain samples (tensor or numpy array, resolved like the CLI's data); arguments of the wrong kind are a TypeError that names them."
+    from gpm_nb.cli import run_configs
+    m = get_method(method)
+    run, cfg = run_configs(method, 'quick')
+    x = gaussians5().sample(400, 'cpu')
+    for data in (x, x.numpy()):
+        c = m.resolve(data, cfg) if m.resolve else cfg
+        model = m.build(data, c, replace(run, batch_size=64), device='cpu')
+        assert type(model.data).__name__ == 'ArrayData' and torch.equal(model.data.x, x)
+        model.train_step(); assert model.sample(5).shape == (5, 2)
+    other = RunConfig() if method != 'gan' else DiscrFlowConfig()
+    with pytest.raises(TypeError, match=f"cfg must be an instance of {m.config.__name__}, got {type(other).__name__}"):
+        m.build(x, other, run, device='cpu')
+    with pytest.raises(TypeError, match=f"run must be an instance of RunConfig, got {m.config.__name__}"):
+        m.build(x, cfg, cfg, device='cpu')
+    with pytest.raises(TypeError, match='data must be a tensor or numpy array of samples'):
+        m.build(x.tolist(), cfg, run, device='cpu')
