@@ -532,12 +532,16 @@ def out_of_range(x:Tensor, # samples (n, ...)
     return ((x - c).norm(dim=1) > (1 + margin) * radius).float().mean().item()
 
 # %% ../nbs/16_gpm.ipynb #55b0f60b
-def evaluate(x:Tensor, # model samples (n, ...)
-             data, # the data distribution: `sample(n, device)`; mixtures also `means`, `std`, `weights`
+def evaluate(x:Tensor, # model samples (n, ...), a tensor or numpy array
+             data, # the data distribution: `sample(n, device)`, or samples (tensor / array); mixtures also `means`, `std`, `weights`
              floors:bool=True) -> dict: # also compute real-vs-real floors
     "Energy distance, sliced W2 and MMD of samples `x` to fresh data samples (with floors); out-of-range share; mode stats for mixtures."
-    x = check_finite(x.flatten(1), 'samples')
-    n = len(x); y = data.sample(n, device=x.device).flatten(1)
+    data, x = as_data(data), torch.as_tensor(x)
+    if x.dim() < 2: raise ValueError(f"samples must have shape (n, ...), one sample per row, got {tuple(x.shape)}")
+    n = len(x); y = data.sample(n, device=x.device)
+    if x[0].numel() != y[0].numel():
+        raise ValueError(f"samples of shape {tuple(x.shape[1:])} cannot be compared with the data's, of shape {tuple(y.shape[1:])}")
+    x, y = check_finite(x.flatten(1) if x.is_floating_point() else x.flatten(1).float(), 'samples'), y.flatten(1)
     out = {}
     for name, f in dict(energy=energy_distance, sliced_w2=sliced_w2, mmd=mmd).items():
         out[name] = f(x, y)

@@ -542,3 +542,20 @@ def test_builders_take_samples_as_a_tensor_or_array_and_refuse_wrong_configs(met
         m.build(x, cfg, cfg, device='cpu')
     with pytest.raises(TypeError, match='data must be a tensor or numpy array of samples'):
         m.build(x.tolist(), cfg, run, device='cpu')
+
+
+def test_evaluate_takes_arrays_and_refuses_samples_unlike_the_data():
+    "evaluate: samples and data as tensors or arrays; the same figures as before for a tensor (no extra random draw); clear errors for bad shapes."
+    p = gaussians5()
+    x = p.sample(300, 'cpu')
+    torch.manual_seed(1); a = evaluate(x, p, floors=False)
+    torch.manual_seed(1); b = evaluate(x.numpy(), p, floors=False)
+    assert a == b and a['modes_covered'] == 5
+    torch.manual_seed(1); y = p.sample(300, 'cpu')
+    torch.manual_seed(2); c = evaluate(x, y, floors=False)                # data given as samples
+    assert c['energy'] < 0.05 and 'high_quality' not in c
+    assert evaluate(x.double(), p, floors=False)['energy'] > 0             # float64 samples stay float64
+    with pytest.raises(ValueError, match=r'samples must have shape \(n, \.\.\.\), one sample per row, got \(300,\)'): evaluate(x[:, 0], p)
+    with pytest.raises(ValueError, match=r"samples of shape \(3,\) cannot be compared with the data's, of shape \(2,\)"):
+        evaluate(torch.randn(10, 3), p)
+    with pytest.raises(ValueError, match='samples contains NaN'): evaluate(torch.full((10, 2), float('nan')), p)
