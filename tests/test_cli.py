@@ -8,6 +8,7 @@ from gpm_nb.gpm import METHODS, all_methods, RunConfig, DiscrFlow, flow_grid
 from gpm_nb.train import read_checkpoint, load_checkpoint, NonFiniteLossError, CheckpointError
 from gpm_nb.cli import (train, make_run, run_configs, standardize, sample_run, load_run, bench, bench_compare, gpm_train, gpm_sample, gpm_bench,
                         read_log, DivergedError, DivergenceCB)
+from helpers import cli
 
 METHOD_NAMES = list(all_methods())   # every built-in method keeps the run-folder contract
 
@@ -16,13 +17,6 @@ def sh(bin_dir, *args):
     r = subprocess.run([str(bin_dir/args[0]), *map(str, args[1:])], capture_output=True, text=True, timeout=600,
                        env={**os.environ, 'PYTHONWARNINGS': 'ignore', 'OMP_NUM_THREADS': '1'})
     return r.returncode, r.stdout + r.stderr
-
-def cli(capsys, fn, *args):
-    "Call a console-script function in-process: its exit status and stdout + stderr. Any other exception propagates."
-    try: fn([str(a) for a in args]); code = 0
-    except SystemExit as e: code = e.code
-    cap = capsys.readouterr()
-    return code, cap.out + cap.err
 
 def weights(run_dir):
     "The model's state dict in a run folder's checkpoint, loaded the safe way."

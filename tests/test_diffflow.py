@@ -11,12 +11,7 @@ from gpm_nb.diffflow import (split_weights, fp_velocity, gaussian_marginal, Diff
                              ode_log_likelihood, RatioField, DiffFlowConfig, DiffFlowParticles, diffflow, resolve_diffflow,
                              DIFFFLOW_PRESETS)
 from gpm_nb.cli import train, sample_run, gpm_train, gpm_sample, run_configs
-
-def cli(capsys, fn, *args):
-    try: fn([str(a) for a in args]); code = 0
-    except SystemExit as e: code = e.code
-    cap = capsys.readouterr()
-    return code, cap.out + cap.err
+from helpers import cli
 
 def test_split_weights_keep_the_fokker_planck_velocity():
     s_p, s_q = torch.randn(2, 50, 2, dtype=torch.float64)

@@ -12,14 +12,9 @@ from gpm_nb.diffgan import (alphas_bar, linear_betas, diffuse, timestep_probs, A
                             DiffusionGANConfig, DiffusedDiscrFlowConfig, DIFFUSION_GAN_PRESETS, diffusion_gan, diffused_discr_flow,
                             resolve_sigma_n, SIGMA_N_RATIO)
 from gpm_nb.cli import train, sample_run, read_log, gpm_train, gpm_sample
+from helpers import cli
 
 torch.set_num_threads(1)
-
-def cli(capsys, fn, *args):
-    try: fn([str(a) for a in args]); code = 0
-    except SystemExit as e: code = e.code
-    cap = capsys.readouterr()
-    return code, cap.out + cap.err
 
 class Controlled(nn.Module):
     "A discriminator whose logits we set: `real` on data, `fake` on particles (told apart by a marker coordinate)."

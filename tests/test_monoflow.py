@@ -1,14 +1,13 @@
 "The GAN-loss family, what discriminators estimate, MonoFlow's toy table, and the losses through configs and the CLI."
-import json, subprocess, sys
-from pathlib import Path
+import json
 import pytest
 import torch
 from gpm_nb.monoflow import (GAN_LOSSES, F_LOSSES, TOY_RATIOS, TOY_OUTCOMES, gan_loss, optimal_logit, monoflow_toy,
                              toy_converged)
 from gpm_nb.gpm import DiscriminatorField, DiscrFlowConfig, GANConfig, override, all_methods
 from gpm_nb.nets import MLP
-
-BIN = Path(sys.executable).parent
+from gpm_nb.cli import gpm_train
+from helpers import cli
 
 def test_every_generator_loss_is_decreasing_with_its_h():
     "Each l_gen is strictly decreasing (a MonoFlow, h = -l_gen increasing) and h(d) = -l_gen(d)."
@@ -75,14 +74,13 @@ def test_toy_failures_have_the_papers_shape():
     assert 1.2 < mu[0] < 1.7 and 1.2 < mu[1] < 1.7 and cov[0, 1] < 0
 
 @pytest.mark.parametrize('method', [m for m, M in all_methods().items() if 'discriminator' in M.field])   # the methods with a GAN loss
-def test_cli_trains_with_every_loss_and_refuses_bad_ones(method, tmp_path):
+def test_cli_trains_with_every_loss_and_refuses_bad_ones(method, tmp_path, capsys):
     for loss, extra in [('arcsinh', []), ('saturating', ['--shift', '5'])]:
-        r = subprocess.run([str(BIN/'gpm_train'), '--method', method, '--data', 'gaussians5', '--preset', 'quick', '--steps', '20',
-                            '--eval_every', '20', '--loss', loss, *extra, '--out', str(tmp_path/loss), '--quiet'], capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr
+        code, msg = cli(capsys, gpm_train, '--method', method, '--data', 'gaussians5', '--preset', 'quick', '--steps', '20',
+                        '--eval_every', '20', '--loss', loss, *extra, '--out', tmp_path/loss, '--quiet')
+        assert code == 0, msg
         cfg = json.loads((tmp_path/loss/'config.json').read_text())
         assert cfg['cfg']['loss'] == loss
     for bad, msg in [(['--loss', 'wgan'], 'vanilla, logit'), (['--loss', 'arcsinh', '--shift', '1'], 'has no shift'), (['--gp', '-1'], 'gp must be >= 0')]:
-        r = subprocess.run([str(BIN/'gpm_train'), '--method', method, '--data', 'gaussians5', '--preset', 'quick', *bad,
-                            '--out', str(tmp_path/'bad')], capture_output=True, text=True)
-        assert r.returncode == 2 and msg in r.stderr, r.stderr
+        code, out = cli(capsys, gpm_train, '--method', method, '--data', 'gaussians5', '--preset', 'quick', *bad, '--out', tmp_path/'bad')
+        assert code == 2 and msg in out and 'Traceback' not in out, out

@@ -12,12 +12,7 @@ from gpm_nb.score_models import (DenoiserField, KernelField, ScoreDifferenceFiel
                                  SDFlowConfig, ScoreGANConfig, draw_sigmas, edm, sd_flow, score_gan, resolve_noise,
                                  resolve_score_gan, EDM_PRESETS, SCORE_GAN_PRESETS)
 from gpm_nb.cli import train, sample_run, read_log, gpm_train, gpm_sample
-
-def cli(capsys, fn, *args):
-    try: fn([str(a) for a in args]); code = 0
-    except SystemExit as e: code = e.code
-    cap = capsys.readouterr()
-    return code, cap.out + cap.err
+from helpers import cli
 
 class Exact(torch.nn.Module):
     "An exact mixture denoiser in the field shape."
