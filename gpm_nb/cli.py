@@ -406,16 +406,14 @@ def count_nfe(model:torch.nn.Module, # the trained model: its networks are its s
     return x, seen[0] / len(x)
 
 # %% ../nbs/20_cli.ipynb #283c0ccd
-def _check_counts(**kw):
-    "A `ValueError` naming the first of `kw` that is not a whole number (>= 1, or >= 0 for `profile`)."
-    for k, v in kw.items():
-        low = 0 if k == 'profile' else 1
-        if not (isinstance(v, int) and v >= low): raise ValueError(f"--{k} must be an integer >= {low}, got {v!r}")
+def _check_count(name:str, v, low:int=1):
+    "A `ValueError` naming option `name` unless `v` is an integer >= `low`."
+    if isinstance(v, bool) or not isinstance(v, int) or v < low: raise ValueError(f"--{name} must be an integer >= {low}, got {v!r}")
 
 def bench(method:str='discr_flow', data:str='gaussians5', preset:str='gpu', iters:int=50, n_samples:int=10_000,
           device=None, profile:int=0, **overrides) -> dict:
     "Time `iters` training iterations and drawing `n_samples` (with config `overrides`); report NFE, peak memory and, with `profile` > 0, that many top operators."
-    _check_counts(iters=iters, profile=profile)
+    _check_count('iters', iters); _check_count('profile', profile, 0)
     device = device or default_device()
     model = make_run(method, data, preset, device=device, **overrides)['model']
     sync = _synchronizer(device)
@@ -459,7 +457,7 @@ def _median_seconds(fns:dict, reps:int, sync) -> dict:
 
 def bench_compare(data:str='gaussians5', preset:str='gpu', iters:int=20, n_samples:int=2000, device=None, **overrides) -> dict:
     "Seconds per Discriminator Flow training iteration and per `n_samples` samples: the plain computation, ours, ours with a bfloat16 flow."
-    _check_counts(iters=iters)
+    _check_count('iters', iters)
     device = device or default_device()
     model = make_run('discr_flow', data, preset, device=device, **overrides)['model']
     sync = _synchronizer(device)

@@ -335,8 +335,7 @@ def sample(self:DiffFlowGenerator, n:int, steps:int|None=None, chunk:int=4096) -
 def diffflow_generator(data, cfg:DiffFlowConfig, run:RunConfig=RunConfig(), latent:int=16, g_width:int=128, g_depth:int=3,
                        g_lr:float=2e-4, device=None) -> DiffFlowGenerator:
     "DiffFlow with a generator (MLP, N(0, I) latent): the split's fields of `diffflow` pushing g_theta along the drift."
-    data = method_inputs(data, cfg, DiffFlowConfig, run)
-    parts = diffflow(data, cfg, run, 'cpu')
+    parts = diffflow(data, cfg, run, 'cpu')   # checks the arguments; its data: samples given as a tensor or array, wrapped
     net = generator_net(parts.shape, GANConfig(latent=latent, g_width=g_width, g_depth=g_depth))
     gen = Generator(net, GaussianPrior((latent,)), g_lr, (0.5, 0.999))
-    return DiffFlowGenerator(parts.field, gen, parts.annealing, data, run.batch_size).to(device or default_device())
+    return DiffFlowGenerator(parts.field, gen, parts.annealing, parts.data, run.batch_size).to(device or default_device())
