@@ -348,7 +348,12 @@ def sample_run(run:str|Path, n:int, steps:int|None=None, device=None, sampler:st
     "Rebuild the model of run folder `run` from its `checkpoint` ('last' or 'best' evaluation) and draw `n` samples (in the data's layout and range)."
     model, config = load_run(run, device, checkpoint, **overrides)
     if n < 1: raise ValueError(f"--n must be >= 1, got {n}")
-    return draw(model, config, n, steps, sampler)
+    x = draw(model, config, n, steps, sampler)
+    bad = int((~torch.isfinite(x.flatten(1))).any(1).sum())
+    if bad:   # a model gone wrong, or a sampling grid too coarse for it: never hand NaN on as samples
+        raise ValueError(f"{bad} of {n} samples of {run} are NaN or infinite ({checkpoint} checkpoint"
+                         f"{'' if steps is None else f', {steps} steps'}): try --checkpoint best, more --steps or another --sampler")
+    return x
 
 def gpm_sample(argv:list|None=None):
     "Draw samples from a trained run into a .npy file."

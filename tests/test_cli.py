@@ -436,6 +436,17 @@ def test_gpm_sample_bad_arguments_exit_2(tmp_path, capsys):
         assert code == 2 and msg in got and 'Traceback' not in got, got
     assert sorted(p.name for p in tmp_path.iterdir()) == ['r']
 
+def test_non_finite_samples_are_refused(tmp_path, capsys):
+    "A checkpoint whose weights hold a NaN samples NaN: sample_run and gpm_sample say so and write nothing."
+    out = tmp_path/'r'
+    train(**quick(steps=5), out=out)
+    ckpt = torch.load(out/'checkpoint.pt', map_location='cpu', weights_only=True)
+    w = next(v for k, v in ckpt['model'].items() if v.is_floating_point() and v.dim() == 2); w[0, 0] = float('nan')
+    torch.save(ckpt, out/'checkpoint.pt')
+    with pytest.raises(ValueError, match=r'samples of .* are NaN or infinite \(last checkpoint\): try --checkpoint best'): sample_run(out, 50)
+    code, msg = cli(capsys, gpm_sample, out, '--n', 50, '--out', tmp_path/'s.npy')
+    assert code == 2 and 'NaN or infinite' in msg and 'Traceback' not in msg and not (tmp_path/'s.npy').exists(), msg
+
 @pytest.mark.parametrize('method', METHOD_NAMES)
 def test_checkpoint_round_trip_samples_identically(tmp_path, monkeypatch, method):
     "sample_run rebuilds the trained model from the run folder: same weights, same samples under the same seed."
