@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import Tensor
-from .core import default_device, seed_everything, fork_rng, PRESETS, import_torchvision
+from .core import default_device, seed_everything, fork_rng, PRESETS, import_torchvision, check_count
 from .data import get_dataset, dataset_names
 from .metrics import energy_distance, metric_floor
 from .train import (Trainer, Callback, LogCB, ProgressCB, EvalCB, CheckpointCB, BestCheckpointCB, read_checkpoint, load_checkpoint,
@@ -347,7 +347,7 @@ def sample_run(run:str|Path, n:int, steps:int|None=None, device=None, sampler:st
                **overrides): # config fields to draw with instead of the run's, e.g. `denoise=False` (DiffFlow)
     "Rebuild the model of run folder `run` from its `checkpoint` ('last' or 'best' evaluation) and draw `n` samples (in the data's layout and range)."
     model, config = load_run(run, device, checkpoint, **overrides)
-    if n < 1: raise ValueError(f"--n must be >= 1, got {n}")
+    check_count(n, '--n')
     x = draw(model, config, n, steps, sampler)
     bad = int((~torch.isfinite(x.flatten(1))).any(1).sum())
     if bad:   # a model gone wrong, or a sampling grid too coarse for it: never hand NaN on as samples
@@ -411,14 +411,10 @@ def count_nfe(model:torch.nn.Module, # the trained model: its networks are its s
     return x, seen[0] / len(x)
 
 # %% ../nbs/20_cli.ipynb #283c0ccd
-def _check_count(name:str, v, low:int=1):
-    "A `ValueError` naming option `name` unless `v` is an integer >= `low`."
-    if isinstance(v, bool) or not isinstance(v, int) or v < low: raise ValueError(f"--{name} must be an integer >= {low}, got {v!r}")
-
 def bench(method:str='discr_flow', data:str='gaussians5', preset:str='gpu', iters:int=50, n_samples:int=10_000,
           device=None, profile:int=0, **overrides) -> dict:
     "Time `iters` training iterations and drawing `n_samples` (with config `overrides`); report NFE, peak memory and, with `profile` > 0, that many top operators."
-    _check_count('iters', iters); _check_count('profile', profile, 0)
+    check_count(iters, '--iters'); check_count(profile, '--profile', 0)
     device = device or default_device()
     model = make_run(method, data, preset, device=device, **overrides)['model']
     sync = _synchronizer(device)
@@ -462,7 +458,7 @@ def _median_seconds(fns:dict, reps:int, sync) -> dict:
 
 def bench_compare(data:str='gaussians5', preset:str='gpu', iters:int=20, n_samples:int=2000, device=None, **overrides) -> dict:
     "Seconds per Discriminator Flow training iteration and per `n_samples` samples: the plain computation, ours, ours with a bfloat16 flow."
-    _check_count('iters', iters)
+    check_count(iters, '--iters')
     device = device or default_device()
     model = make_run('discr_flow', data, preset, device=device, **overrides)['model']
     sync = _synchronizer(device)

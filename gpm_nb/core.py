@@ -4,14 +4,14 @@
 
 # %% ../nbs/00_core.ipynb #4b7bc7a1
 from __future__ import annotations
-import os, sys, random
+import os, sys, random, numbers
 from contextlib import contextmanager
 import numpy as np
 import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['PRESETS', 'PRESET_ENV', 'default_device', 'check_preset', 'get_preset', 'seed_everything', 'rng_state',
+__all__ = ['PRESETS', 'PRESET_ENV', 'default_device', 'check_preset', 'get_preset', 'check_count', 'seed_everything', 'rng_state',
            'set_rng_state', 'fork_rng', 'check_shape', 'check_finite', 'append_dims', 'import_torchvision']
 
 # %% ../nbs/00_core.ipynb #0c7b0dbb
@@ -34,10 +34,16 @@ def get_preset(default:str='cpu') -> str:
     return check_preset(os.environ.get(PRESET_ENV, default).strip().lower())
 
 # %% ../nbs/00_core.ipynb #9869bc9e
+def check_count(v, name:str, low:int=1) -> int:
+    "`v` as an `int` if it is an integer >= `low` (a bool is not), else a `ValueError` naming `name`."
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
+        kind = {0: 'a non-negative integer', 1: 'a positive integer'}.get(low, f'an integer >= {low}')
+        raise ValueError(f"{name} must be {kind}, got {v!r}")
+    return int(v)
+
 def seed_everything(seed:int) -> int:
     "Seed python, numpy, torch (CPU and all CUDA devices); return the seed."
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    seed = check_count(seed, 'seed', 0)
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
     if torch.cuda.is_available(): torch.cuda.manual_seed_all(seed)
     return int(seed)

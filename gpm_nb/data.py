@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 from fastcore.basics import patch
-from .core import default_device, check_shape, check_finite, import_torchvision
+from .core import default_device, check_shape, check_finite, import_torchvision, check_count
 
 # %% auto #0
 __all__ = ['DATASETS', 'IMAGE_EXTS', 'IMAGE_DATASETS', 'GaussianMixture', 'gaussians5', 'gaussians8', 'gaussians25',
@@ -22,9 +22,7 @@ __all__ = ['DATASETS', 'IMAGE_EXTS', 'IMAGE_DATASETS', 'GaussianMixture', 'gauss
 # %% ../nbs/01_data.ipynb #b85cd9ae
 def _check_n(n) -> int:
     "Return `n` as an int if it is a positive integer, else raise a `ValueError`."
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
-    return int(n)
+    return check_count(n, 'n')
 
 # %% ../nbs/01_data.ipynb #a576de2e
 class GaussianMixture:
@@ -366,8 +364,7 @@ def load_image_folder(path, # a folder of .png/.jpg/.jpeg images, searched recur
     p = Path(path)
     if not p.exists(): raise FileNotFoundError(f"no such folder: '{p}'")
     if not p.is_dir(): raise ValueError(f"'{p}' is not a folder")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1):
-        raise ValueError(f"size must be a positive integer or None, got {size!r}")
+    if size is not None: check_count(size, 'size')
     if channels not in (None, 1, 3): raise ValueError(f"channels must be 1 (grey), 3 (RGB) or None, got {channels!r}")
     files = _image_files(p)
     if not files: raise ValueError(f"no image files in '{p}' or its subfolders: looked for {', '.join(IMAGE_EXTS)} (any case)")
@@ -518,8 +515,7 @@ def celeba64(root=None, # the data folder (default: $GPM_DATA, else ./data)
     "Aligned CelebA faces, the centred 178x178 square resized to 64x64 (Lanczos) as GPM: (3, 64, 64) images in [-1, 1]."
     from PIL import Image
     r = data_root(root); folder = r / 'celeba' / 'img_align_celeba'
-    if n_max is not None and (isinstance(n_max, bool) or not isinstance(n_max, (int, np.integer)) or n_max < 1):
-        raise ValueError(f"n_max must be a positive integer or None, got {n_max!r}")
+    if n_max is not None: check_count(n_max, 'n_max')
     where = (f"expected the aligned images 000001.jpg ... 202599.jpg (img_align_celeba.zip unpacked) in '{folder}', "
              "torchvision's layout ROOT/celeba/img_align_celeba/")
     if not folder.is_dir(): raise _not_found('CelebA', f"no folder '{folder}'; {where}", r)

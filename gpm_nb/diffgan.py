@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn, Tensor
 from fastcore.basics import patch
-from .core import default_device
+from .core import default_device, check_count
 from .nets import MLP, ConvNet, FourierEmbedding
 from .integrate import Field
 from .train import all_mean_, dist_info
@@ -28,7 +28,7 @@ __all__ = ['TS_DISTS', 'CONDS', 'SIGMA_N_RATIO', 'DIFFUSION_GAN_PRESETS', 'linea
 def linear_betas(T:int, # number of diffusion steps
                  beta_min:float=1e-4, beta_max:float=2e-2): # beta_1 and beta_T
     "The forward betas beta_1..beta_T, linear from `beta_min` to `beta_max` (float64, (T,))."
-    if T < 1: raise ValueError(f"T must be >= 1, got {T}")
+    check_count(T, 'T')
     return torch.linspace(beta_min, beta_max, T, dtype=torch.float64)
 
 def alphas_bar(T:int, beta_min:float=1e-4, beta_max:float=2e-2) -> Tensor:
@@ -162,7 +162,7 @@ class DiffusedField(Field):
                  diffusion:AdaptiveDiffusion, # the schedule and its adaptive state
                  n_draws:int=1): # draws of (t', eps) per sample estimating the velocity
         super().__init__()
-        if n_draws < 1: raise ValueError(f"n_draws must be >= 1, got {n_draws}")
+        check_count(n_draws, 'n_draws')
         self.field, self.diffusion, self.n_draws, self.time = field, diffusion, n_draws, field.time
     def optimizers(self): return self.field.optimizers()
     def cond(self, t:Tensor, k:Tensor) -> Tensor:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 from fastcore.basics import patch
-from .core import default_device, check_finite, append_dims
+from .core import default_device, check_finite, append_dims, check_count
 from .data import as_data
 from .nets import MLP, ConvNet, ConvGenerator
 from .integrate import Field, FnField, integrate, as_grid
@@ -147,7 +147,7 @@ def plain_random_states(particles:FreeParticles, field:Callable, n:int, device=N
 def grid_for(self:FreeParticles, steps:int|None=None) -> Tensor:
     "The pusher's grid, or (`steps` given) the grid of the same kind with `steps` steps that `regrid` makes."
     if steps is None: return self.grid
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1: raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    check_count(steps, 'steps')
     if self.regrid is None: raise ValueError(f"these particles step through one fixed grid of {len(self.grid) - 1} steps: give `regrid` to sample with others")
     return as_grid(self.regrid(steps))
 
@@ -159,7 +159,7 @@ def sample(self:FreeParticles, field:Callable, # the field to follow
            grid=None, # another grid (default: the pusher's)
            chunk:int=4096): # particles per pass, to bound memory
     "`n` new samples: prior draws integrated along `field`."
-    if n < 1: raise ValueError(f"n must be >= 1, got {n}")
+    check_count(n, 'n')
     grid = self.grid if grid is None else as_grid(grid)
     return torch.cat([integrate(field, self.prior.sample(min(chunk, n - i), device), grid, self.method, self.g)
                       for i in range(0, n, chunk)])
@@ -205,7 +205,7 @@ class Recipe(nn.Module):
     "Base of training recipes: the data, a batch size, and a device that follows `.to()` even without parameters."
     def __init__(self, data, batch_size:int):
         super().__init__()
-        if batch_size < 1: raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        check_count(batch_size, 'batch_size')
         self.data, self.batch_size = data, batch_size
         self.register_buffer('_anchor', torch.zeros(0), persistent=False)
     @property
@@ -272,7 +272,7 @@ class GAN(Recipe):
                  n_critic:int=1, # field updates per generator update
                  ema:float=0.): # decay of the generator average used to sample (0: none)
         super().__init__(data, batch_size)
-        if n_critic < 1: raise ValueError(f"n_critic must be >= 1, got {n_critic}")
+        check_count(n_critic, 'n_critic')
         self.field, self.generator, self.n_critic = field, generator, n_critic
         self.generator_ema = EMA(generator.net, ema) if ema else None
     def optimizers(self): return {**self.field.optimizers(), **self.generator.optimizers()}
@@ -298,7 +298,7 @@ def sample(self:GAN, n:int, # number of samples
            ema:bool=True, # use the averaged generator when there is one
            chunk:int=4096): # samples per pass
     "`n` samples g(z), z from the latent prior: one network evaluation each."
-    if n < 1: raise ValueError(f"n must be >= 1, got {n}")
+    check_count(n, 'n')
     if steps is not None: raise ValueError("a GAN samples in one generator evaluation: `steps` does not apply")
     net = self.generator_ema if ema and self.generator_ema is not None else self.generator.net
     return torch.cat([net(self.generator.prior.sample(min(chunk, n - i), self.device)) for i in range(0, n, chunk)])

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import torch
 from torch import Tensor
-from .core import check_finite
+from .core import check_finite, check_count
 
 # %% auto #0
 __all__ = ['MMD_SCALES', 'check_samples', 'pairwise_sum', 'energy_distance', 'unit_directions', 'w2_sorted', 'sliced_w2',
@@ -84,7 +84,7 @@ def sliced_w2(x:Tensor, # samples of q, (n, d)
              ) -> float:
     "Sliced Wasserstein-2 distance: root mean over random directions of the exact 1-D W2^2 of the projections."
     x, y = check_samples(x, y)
-    if isinstance(n_proj, bool) or not isinstance(n_proj, int) or n_proj < 1: raise ValueError(f"n_proj must be a positive integer, got {n_proj!r}")
+    check_count(n_proj, 'n_proj')
     th = unit_directions(n_proj, x.shape[1], seed, x.device)
     return w2_sorted((th @ x.T).sort().values, (th @ y.T).sort().values).mean().sqrt().item()
 
@@ -123,8 +123,7 @@ def metric_floor(metric, # a metric `metric(x, y, **kw) -> float`
                  repeats:int=3, # number of independent pairs averaged
                  **kw) -> float:
     "Real-vs-real reference: mean of `metric(sampler(n), sampler(n))` over `repeats` independent pairs."
-    for name, v in (('n', n), ('repeats', repeats)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    check_count(n, 'n'); check_count(repeats, 'repeats')
     return sum(metric(sampler(n), sampler(n), **kw) for _ in range(repeats)) / repeats
 
 # %% ../nbs/02_metrics.ipynb #0937e3fb

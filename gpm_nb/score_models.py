@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn, Tensor
 from fastcore.basics import patch
-from .core import default_device, append_dims
+from .core import default_device, append_dims, check_count
 from .nets import MLP, UNet
 from .integrate import Field
 from .scores import Denoiser, edm_loss, to_d, get_sigmas_karras, get_sampler, SAMPLERS, edm_defaults
@@ -83,7 +83,7 @@ def sample(self:Diffusion, n:int, # number of samples
            ema:bool=True, # follow the averaged field when there is one
            chunk:int=4096): # particles per pass
     "`n` samples: prior draws taken down the grid by `sampler` with the (averaged) denoiser."
-    if n < 1: raise ValueError(f"n must be >= 1, got {n}")
+    check_count(n, 'n')
     run = get_sampler(sampler or self.sampler)
     grid = self.particles.grid_for(steps)   # other steps: a Karras grid on the same range
     D = (self.sampling_field if ema else self.field).denoiser
@@ -123,7 +123,7 @@ class ScoreDifferenceField(Field):
                  n_fit_q:int=1): # fit steps of q per call (ScoreGAN's fake denoiser takes several)
         super().__init__()
         if not eta > 0: raise ValueError(f"eta must be > 0, got {eta!r}")
-        if n_fit_q < 1: raise ValueError(f"n_fit_q must be >= 1, got {n_fit_q!r}")
+        check_count(n_fit_q, 'n_fit_q')
         self.p, self.q, self.eta, self.fit_p, self.n_fit_q = p, q, eta, fit_p, n_fit_q
     def optimizers(self): return {**self.p.optimizers(), **self.q.optimizers()}
     def forward(self, x:Tensor, t:Tensor) -> Tensor: return self.eta * (self.p.denoiser(x, t) - self.q.denoiser(x, t))

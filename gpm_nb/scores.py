@@ -8,7 +8,7 @@ import math, numbers
 from typing import Callable
 import torch
 from torch import nn, Tensor
-from .core import check_shape, check_finite, append_dims
+from .core import check_shape, check_finite, append_dims, check_count
 from .integrate import FnField, as_grid, integrate
 
 # %% auto #0
@@ -119,7 +119,7 @@ def get_sigmas_karras(n:int, # number of positive noise levels N
                       rho:float=7., # spacing exponent: sigma^(1/rho) is evenly spaced
                       device=None) -> Tensor:
     "EDM's noise grid: `n` levels from `sigma_max` down to `sigma_min`, then 0; `(n + 1,)` float64."
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1: raise ValueError(f"n must be a positive integer, got {n!r}")
+    check_count(n, 'n')
     if not (0 < sigma_min < sigma_max < math.inf):
         raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min!r}, sigma_max={sigma_max!r}")
     if not (0 < rho < math.inf): raise ValueError(f"rho must be a positive number, got {rho!r}")
@@ -258,8 +258,7 @@ def sampler_nfe(name:str, # a name in `SAMPLERS`
                ) -> int:
     "Denoiser evaluations of sampler `name` with `steps` levels: 2N - 1 for 'heun', N for the others."
     get_sampler(name)
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    check_count(steps, 'steps')
     return 2 * int(steps) - 1 if name == 'heun' else int(steps)
 
 # %% ../nbs/11_scores.ipynb #0c7c9dfc
@@ -288,8 +287,7 @@ def log_likelihood(model:Callable, # denoiser model(x, sigma) -> denoised x, sig
     if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in (sigma_min, sigma_max)) or not (0 < sigma_min < sigma_max < math.inf):
         raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min!r}, sigma_max={sigma_max!r}")
     if not (rtol > 0 and atol > 0): raise ValueError(f"rtol and atol must be positive, got {rtol!r}, {atol!r}")
-    if isinstance(n_probe, bool) or not isinstance(n_probe, numbers.Integral) or n_probe < 1:
-        raise ValueError(f"n_probe must be a positive integer, got {n_probe!r}")
+    check_count(n_probe, 'n_probe')
     if probe not in ('rademacher', 'gaussian'): raise ValueError(f"probe must be 'rademacher' or 'gaussian', got {probe!r}")
     n, d = len(x), x[0].numel()
     probes = None
@@ -316,6 +314,6 @@ def bits_per_dim(logp, # log-densities in nats, a number or a tensor (n,)
                  scale:float=1., # levels per data unit:, 127.5 for 8-bit data mapped to [-1, 1]
                 ) -> Tensor:
     "Bits per dimension, eq. (18): `(-logp + d ln(scale)) / (d ln 2)`."
-    if isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1: raise ValueError(f"d must be a positive integer, got {d!r}")
+    check_count(d, 'd')
     if not (0 < scale < math.inf): raise ValueError(f"scale must be a positive number, got {scale!r}")
     return (-torch.as_tensor(logp, dtype=torch.float64) + d * math.log(scale)) / (d * math.log(2))

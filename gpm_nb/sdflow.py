@@ -8,7 +8,7 @@ import math, numbers
 from typing import Callable
 import torch
 from torch import Tensor
-from .core import check_shape, check_finite, append_dims
+from .core import check_shape, check_finite, append_dims, check_count
 from .integrate import FnField
 from .scores import _check_x, _sigma
 
@@ -51,8 +51,7 @@ def kernel_denoiser(y:Tensor, # samples y_i of the distribution, (m, ...); kept 
                    ) -> Callable:
     "The optimal denoiser (4) of the empirical measure of `y`: `D(x, sigma) = sum_i softmax_i(-|x - y_i|^2 / 2 sigma^2) y_i`."
     y = _check_samples(y)
-    if isinstance(max_elems, bool) or not isinstance(max_elems, numbers.Integral) or max_elems < 1:
-        raise ValueError(f"max_elems must be a positive integer, got {max_elems!r}")
+    check_count(max_elems, 'max_elems')
     yf = y.flatten(1)
     mode = 'donot_use_mm_for_euclid_dist' if yf.shape[1] <= 16 else 'use_mm_for_euclid_dist'
     def D(x:Tensor, sigma) -> Tensor:

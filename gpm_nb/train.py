@@ -12,7 +12,7 @@ import torch
 from torch import nn, Tensor
 import torch.distributed as dist
 from fastcore.basics import patch
-from .core import rng_state, set_rng_state, fork_rng, seed_everything
+from .core import rng_state, set_rng_state, fork_rng, seed_everything, check_count
 
 # %% auto #0
 __all__ = ['DIST_TIMEOUT_ENV', 'CKPT_FORMAT', 'dist_info', 'init_distributed', 'close_distributed', 'all_mean_', 'broadcast_',
@@ -243,7 +243,7 @@ class EvalCB(Callback):
     def __init__(self, fn:Callable[[nn.Module], dict], # model -> metrics (plain numbers)
                  every:int=500, # evaluate every this many steps
                  seed:int|None=0): # seed of the evaluation's random numbers; `None`: fork without seeding
-        if every < 1: raise ValueError(f"every must be >= 1, got {every}")
+        check_count(every, 'every')
         self.fn, self.every, self.seed = fn, every, seed
     def evaluate(self, model:nn.Module) -> dict:
         "`fn(model)` in eval mode inside `fork_rng(seed)`: training's generators and mode are left as they were."
@@ -291,7 +291,7 @@ class LinearDecayCB(Callback):
     def __init__(self, frac:float=0.5, # fraction of the horizon over which the learning rate decays
                  total:int|None=None): # horizon of the schedule; `None`: the `n_steps` of each `fit`
         if not 0 < frac <= 1: raise ValueError(f"frac must be in (0, 1], got {frac}")
-        if total is not None and total < 1: raise ValueError(f"total must be >= 1, got {total}")
+        if total is not None: check_count(total, 'total')
         self.frac, self.total = frac, total
     def before_fit(self, tr):
         if self.total is not None and tr.n_steps > self.total:

@@ -8,7 +8,7 @@ import math, numbers
 from typing import Callable
 import torch
 from torch import Tensor
-from .core import check_shape, check_finite
+from .core import check_shape, check_finite, check_count
 
 # %% auto #0
 __all__ = ['kl_flow_velocity', 'gaussian_score', 'ou_mean_cov', 'gaussian_kl', 'kernel_score']
@@ -113,8 +113,7 @@ def kernel_score(x:Tensor, # points where the score is evaluated, (n, d) or (n, 
     if x.dtype != y.dtype: raise TypeError(f"x and y must have the same dtype, got {x.dtype} and {y.dtype}")
     if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not math.isfinite(sigma) or sigma <= 0:
         raise ValueError(f"sigma must be a positive finite number, got {sigma!r}")
-    if isinstance(chunk, bool) or not isinstance(chunk, numbers.Integral) or chunk < 1:
-        raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
+    check_count(chunk, 'chunk')
     c = y.flatten(1).mean(0)
     xf, yf = x.flatten(1) - c, y.flatten(1) - c
     half_y2 = (yf * yf).sum(1) / 2

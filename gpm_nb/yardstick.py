@@ -11,7 +11,7 @@ import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
 import gpm_nb
-from .core import default_device, check_finite, fork_rng
+from .core import default_device, check_finite, fork_rng, check_count
 from .data import load_digits
 
 # %% auto #0
@@ -217,7 +217,7 @@ def knn_radii(f:Tensor, # points, (n, k) with n > `k`
               max_elems:int=2**22, # largest block of the distance matrix held at once
              ) -> Tensor:
     "Distance from every row of `f` to its `k`-th nearest neighbour among the other rows, (n,)."
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1: raise ValueError(f"k must be a positive integer, got {k!r}")
+    check_count(k, 'k')
     if len(f) <= k: raise ValueError(f"the k-NN radii need more than k = {k} points, got {len(f)}")
     step = max(1, max_elems // len(f))
     # the k + 1 smallest distances of a row include the row itself (distance 0)

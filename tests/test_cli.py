@@ -420,7 +420,7 @@ def test_sample_run(tmp_path, capsys, method):
         with pytest.raises(ValueError, match='steps'): sample_run(out, 11, steps=4)
         code, msg = cli(capsys, gpm_sample, out, '--steps', 3, '--out', tmp_path/'x.npy')
         assert code == 2 and 'steps' in msg and 'Traceback' not in msg, msg
-    with pytest.raises(ValueError, match='must be >= 1'): sample_run(out, 0)
+    with pytest.raises(ValueError, match='--n must be a positive integer, got 0'): sample_run(out, 0)
     with pytest.raises(ValueError, match='no checkpoint'): sample_run(tmp_path/'none', 3)
     code, msg = cli(capsys, gpm_sample, tmp_path/'none', '--out', tmp_path/'x.npy')
     assert code == 2 and 'no checkpoint' in msg and 'Traceback' not in msg, msg
@@ -483,8 +483,8 @@ def test_gpm_bench_cli(capsys):
     assert code == 0 and json.loads(out)['n_samples'] == 10, out
     code, out = cli(capsys, gpm_bench, '--method', 'gan9', '--preset', 'quick')
     assert code == 2 and 'choose one of discr_flow, gan' in out and 'Traceback' not in out, out
-    for args, msg in [(('--iters', 0), '--iters must be an integer >= 1, got 0'), (('--profile', -1), '--profile must be an integer >= 0, got -1'),
-                      (('--compare', '--iters', 0), '--iters must be an integer >= 1'), (('--data', 'nothere.npy'), "no such file: 'nothere.npy'")]:
+    for args, msg in [(('--iters', 0), '--iters must be a positive integer, got 0'), (('--profile', -1), '--profile must be a non-negative integer, got -1'),
+                      (('--compare', '--iters', 0), '--iters must be a positive integer'), (('--data', 'nothere.npy'), "no such file: 'nothere.npy'")]:
         code, out = cli(capsys, gpm_bench, '--preset', 'quick', *args)
         assert code == 2 and msg in out and 'Traceback' not in out, out
 

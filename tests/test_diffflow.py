@@ -163,7 +163,7 @@ def test_quick_preset_learns():
     after = evaluate(m.sample(1000), p, floors=False)
     assert after['high_quality'] > before['high_quality'] + 0.15 and after['modes_covered'] == 5, (before, after)
     assert after['energy'] < 0.8 * before['energy'], (before, after)
-    with pytest.raises(ValueError, match='steps must be an integer >= 1'): m.sample(10, steps=0)
+    with pytest.raises(ValueError, match='steps must be a positive integer'): m.sample(10, steps=0)
     assert torch.equal(m.particles.grid, flow_grid(cfg.K)) and torch.equal(m.particles.grid_for(7), flow_grid(7))   # t_k = k/K for any K
 
 def test_sampling_ends_with_the_denoisers_tweedie_step():

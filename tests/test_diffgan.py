@@ -216,7 +216,7 @@ def test_bad_input_elsewhere(capsys, tmp_path):
     with pytest.raises(ValueError, match='T_min <= T_max'): AdaptiveDiffusion(T_min=20, T_max=10)
     with pytest.raises(ValueError, match="ts_dist='gamma': choose one of priority, uniform"): AdaptiveDiffusion(ts_dist='gamma')
     with pytest.raises(ValueError, match='clean share must be in'): AdaptiveDiffusion(clean=1.)
-    with pytest.raises(ValueError, match='n_draws must be >= 1'): controlled_field().__class__(DiscriminatorField(Controlled()), AdaptiveDiffusion(), 0)
+    with pytest.raises(ValueError, match='n_draws must be a positive integer'): controlled_field().__class__(DiscriminatorField(Controlled()), AdaptiveDiffusion(), 0)
     with pytest.raises(ValueError, match='sigma_n must be set'): diffusion_gan(gaussians5(), DiffusionGANConfig())
     code, msg = cli(capsys, gpm_train, '--method', 'diffusion_gan', '--preset', 'quick', '--d_target', '2', '--out', tmp_path/'x')
     assert code == 2 and 'config field d_target must be in (0, 1)' in msg and 'Traceback' not in msg, msg

@@ -281,7 +281,7 @@ def test_gan_sample():
     seed_everything(0); m = build_gan()
     assert m.sample(7).shape == (7, 2) and m.sample(9000, chunk=4096).shape == (9000, 2)
     with pytest.raises(ValueError, match='steps'): m.sample(5, steps=3)
-    with pytest.raises(ValueError, match='n must be >= 1'): m.sample(0)
+    with pytest.raises(ValueError, match='n must be a positive integer'): m.sample(0)
 
 # ---------------------------------------------------------------- a parameterless field
 
@@ -351,7 +351,7 @@ def test_trajectory_and_sample_shapes():
     with pytest.raises(ValueError, match=f'n_steps <= {K}'): m.particles.trajectory(m.field, z, n_steps=K + 1)
     assert m.sample(5).shape == (5, 2) and m.sample(5, steps=3).shape == (5, 2)
     assert m.particles.sample(m.field, 40, 'cpu', chunk=16).shape == (40, 2)
-    with pytest.raises(ValueError, match='steps must be an integer >= 1'): m.sample(5, steps=0)
+    with pytest.raises(ValueError, match='steps must be a positive integer'): m.sample(5, steps=0)
     seed_everything(3); a = m.sample(8)
     seed_everything(3); b = m.particles.trajectory(m.field, m.particles.prior.sample(8, 'cpu'))[-1]
     torch.testing.assert_close(a, b)                                    # sampling = following the K-step flow
@@ -485,7 +485,7 @@ def test_networks_for_images():
 
 def test_bad_inputs():
     m = build_df()
-    with pytest.raises(ValueError, match='n must be >= 1'): m.sample(0)
+    with pytest.raises(ValueError, match='n must be a positive integer'): m.sample(0)
     with pytest.raises(ValueError, match='same shape'): m.field.fit_step(torch.zeros(4, 2), torch.zeros(5, 2), torch.zeros(4))
     with pytest.raises(ValueError, match=r'shape \(\*, 2\)'): m.field(torch.zeros(4, 3), torch.zeros(4))
     with pytest.raises(ValueError, match='vanilla, logit, arcsinh, saturating, hinge, ipm'): gan_loss('nope')
@@ -495,9 +495,9 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match='euler, heun, euler_maruyama'): FreeParticles(GaussianPrior((2,)), [0., 1.], 'rk4')
     with pytest.raises(ValueError, match='g .the noise scale.'): FreeParticles(GaussianPrior((2,)), [0., 1.], 'euler_maruyama')
     with pytest.raises(ValueError, match='strictly'): FreeParticles(GaussianPrior((2,)), [0., 1., 1.])
-    with pytest.raises(ValueError, match='n_critic must be >= 1'):
+    with pytest.raises(ValueError, match='n_critic must be a positive integer'):
         GAN(FnField(lambda x, t: -x), Generator(small_gen(), GaussianPrior((3,))), gaussians5(), n_critic=0)
-    with pytest.raises(ValueError, match='batch_size must be >= 1'):
+    with pytest.raises(ValueError, match='batch_size must be a positive integer'):
         DiscrFlow(FnField(lambda x, t: -x), FreeParticles(GaussianPrior((2,)), [0., 1.]), gaussians5(), 0)
     with pytest.raises(ValueError, match='NaN'): evaluate(torch.full((10, 2), float('nan')), gaussians5())
 

@@ -114,7 +114,7 @@ def test_diffusion_samples_with_every_sampler():
         x = m.sample(7, steps=4, sampler=s); assert x.shape == (7, 2) and torch.isfinite(x).all()
     assert m.sample(3).shape == (3, 2)
     with pytest.raises(ValueError, match="unknown sampler"): m.sample(3, sampler='rk4')
-    with pytest.raises(ValueError, match='must be >= 1'): m.sample(0)
+    with pytest.raises(ValueError, match='n must be a positive integer'): m.sample(0)
 
 # ---------------------------------------------------------------- the CLI
 
