@@ -3,7 +3,7 @@ import json
 from pathlib import Path
 from dataclasses import replace
 import pytest
-from gpm_nb.report import (run_cli, run_key, check_runs, verdict, toy_table, toy_scatter, run_label, digits_table, report_toys,
+from gpm_nb.report import (run_cli, run_key, steps_args, check_runs, verdict, toy_table, toy_scatter, run_label, digits_table, report_toys,
                            clusters, clusters_file)
 from gpm_nb.gpm import METHODS
 
@@ -23,6 +23,11 @@ def test_verdict_of_a_failed_run_gives_its_reason():
     r = dict(method='gan', data='moons', status=3, err='Traceback ... boom', diverged='particles left the data at step 900')
     assert verdict(r) == (False, 'exit 3: particles left the data at step 900')
     assert verdict(dict(r, diverged=None)) == (False, 'exit 3: Traceback ... boom')
+
+def test_steps_args_gives_a_method_its_own_steps_or_none():
+    steps = {'edm': 1500}
+    assert steps_args(steps, 'edm') == ['--steps', '1500'] and steps_args(steps, 'gan') == []
+    assert run_key('cpu', 'edm', 'digits', *steps_args(steps, 'edm')) != run_key('cpu', 'edm', 'digits')   # another command: another run
 
 def test_run_label_and_digits_table():
     assert run_label(_run()) == 'discr_flow (cpu)' and run_label({'method': 'gan'}) == 'gan'   # reports written before the preset was kept
