@@ -234,7 +234,7 @@ def train(method:str|None=None, # a registered method; None: discr_flow, or on `
     method, data, preset = method or 'discr_flow', data or 'gaussians5', preset or 'cpu'
     r = make_run(method, data, preset, device=device, image_size=image_size, **overrides)
     model, config, run = r['model'], r['config'], r['run']
-    out = Path(out or f"runs/{method}_{Path(data).stem}"); ckpt = out/'checkpoint.pt'
+    out = Path(out or f"runs/{method}_{getattr(r['data'], 'name', Path(data).stem)}"); ckpt = out/'checkpoint.pt'
     if out.exists() and not out.is_dir(): raise ValueError(f"{out} is a file: --out names the folder a run is written into")
     if ckpt.exists() and not resume:
         raise ValueError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
@@ -315,7 +315,7 @@ def gpm_train(argv:list|None=None):
     ap.add_argument('--method', default=None, help='a registered method (below; default discr_flow)')
     ap.add_argument('--data', default=None, help='a built-in data set (below; default gaussians5), a .npy/.npz file or a folder of images')
     ap.add_argument('--preset', default=None, help=f"{', '.join(PRESETS)}, or one of the method's own (below; default cpu)")
-    ap.add_argument('--out', default=None, help='run folder (default: runs/METHOD_DATA)')
+    ap.add_argument('--out', default=None, help="run folder (default: runs/METHOD_DATA, DATA the data's name: a file's stem, FILE-KEY for FILE.npz:KEY)")
     ap.add_argument('--resume', action='store_true', help="continue the run in --out from its checkpoint, with the run's own settings")
     ap.add_argument('--n_samples', type=int, default=None, help="samples drawn at the end (default: the run's n_eval)")
     ap.add_argument('--quiet', action='store_true', help='no progress lines')

@@ -358,6 +358,15 @@ def test_user_array_end_to_end(bin_dir, tmp_path):
     s2 = np.load(tmp_path/'s.npy')
     assert s2.shape == (50, 2) and 5 < np.abs(s2).mean() < 40
 
+def test_default_run_folder_is_named_after_the_data(tmp_path, monkeypatch):
+    "runs/METHOD_DATA with the data's own name: two arrays of one archive (FILE.npz:KEY) get two folders."
+    monkeypatch.chdir(tmp_path)
+    xs = np.random.default_rng(0).normal(size=(200, 2)).astype('float32')
+    np.savez(tmp_path/'two.npz', a=xs, b=2 * xs)
+    for key in 'ab': train(**{**quick(steps=3), 'data': f'two.npz:{key}'})
+    train(**quick(steps=3))
+    assert sorted(p.name for p in (tmp_path/'runs').iterdir()) == ['discr_flow_gaussians5', 'discr_flow_two-a', 'discr_flow_two-b']
+
 @pytest.mark.parametrize('method', METHOD_NAMES)
 def test_one_dimensional_user_data(tmp_path, method):
     "Every method trains on data (n, 1): its generator or denoiser keeps the column a discriminator's scalar output drops."
