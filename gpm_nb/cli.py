@@ -222,6 +222,16 @@ def _finish(out:Path, model, config:dict, data, step:int, secs:float, n:int, fai
     return metrics
 
 # %% ../nbs/20_cli.ipynb #b7aea169
+def _trim_log(path:Path, step:int):
+    "Keep the lines of training log `path` up to `step` (a resumed run's checkpoint): a stopped run's later lines, and a line cut off mid-write, would repeat or break the log."
+    if not path.exists(): return
+    keep = []
+    for line in path.read_text().splitlines():
+        try: rec = json.loads(line)
+        except json.JSONDecodeError: continue
+        if isinstance(rec, dict) and rec.get('step', 0) <= step: keep.append(line)
+    tmp = path.with_suffix('.tmp'); tmp.write_text(''.join(l + '\n' for l in keep)); tmp.replace(path)
+
 def train(method:str|None=None, # a registered method; None: discr_flow, or on `resume` the run's own (so too `data`, `preset`)
           data:str|None=None, # a built-in data set, a .npy/.npz file or a folder of images; None: gaussians5
           preset:str|None=None, # None: cpu
@@ -250,9 +260,13 @@ def train(method:str|None=None, # a registered method; None: discr_flow, or on `
     if rank == 0: cbs.append(LogCB(out/'train_log.jsonl', every=10))
     if rank == 0 and not quiet: cbs.append(ProgressCB(max(run.steps // 20, 1)))
     tr = Trainer(model, cbs)
-    if resume: tr.resume(ckpt)
+    if resume:
+        tr.resume(ckpt)
+        if rank == 0: _trim_log(out/'train_log.jsonl', tr.step)
     t0 = time.perf_counter()
     try: tr.fit(run.steps)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"interrupted at step {tr.step}: {tr.kept()}; continue with: gpm_train --out {out} --resume") from None
     except (DivergedError, NonFiniteLossError) as e:
         if rank == 0:
             with open(out/'train_log.jsonl', 'a') as f: f.write(json.dumps(dict(step=tr.step, diverged=str(e))) + '\n')
@@ -325,6 +339,7 @@ def gpm_train(argv:list|None=None):
     try: m = train(a.method, a.data, a.preset, a.out, a.resume, a.n_samples, a.quiet, image_size=a.image_size, **kw)
     except (ValueError, FileNotFoundError) as e: _fail('gpm_train', str(e))
     except (NonFiniteLossError, DivergedError) as e: _fail('gpm_train', str(e), 1)
+    except KeyboardInterrupt as e: _fail('gpm_train', str(e) or 'interrupted', 130)
     if dist_info()[0] == 0: print(json.dumps({k: v for k, v in m.items() if not isinstance(v, list)}, indent=1))
 
 # %% ../nbs/20_cli.ipynb #b1647e35

@@ -117,6 +117,35 @@ def test_resume_continues_without_lr_decay(tmp_path):
     assert same_state(weights(out), weights(tmp_path/'straight'))
     with pytest.raises(ValueError, match='no checkpoint'): train(**quick(), out=tmp_path/'new', resume=True)
 
+def test_resume_trims_the_log_of_a_stopped_run(tmp_path):
+    "A run stopped after its last checkpoint left later log lines, the last one perhaps cut off: resuming drops them, so the log counts up once."
+    out = tmp_path/'r'
+    train(**quick(steps=10), out=out)
+    with open(out/'train_log.jsonl', 'a') as f: f.write(''.join(json.dumps(dict(step=k, fake=1.)) + '\n' for k in (11, 20)) + '{"step": 2')
+    train(**quick(steps=20), out=out, resume=True)
+    steps, notes = read_log(out)                                         # every line is JSON again
+    s = [r['step'] for r in steps]
+    assert not any('fake' in r for r in steps) and s == sorted(s) and s[0] == 10 and s[-1] == 20, steps
+    assert [r['step'] for r in notes] == [10, 20]                       # each finish's warning (a 10- and a 20-step quick run)
+
+def test_interrupted_run_says_how_to_continue(tmp_path, capsys, monkeypatch):
+    "Ctrl-C: exit status 130 and a message naming the kept checkpoint and the command that continues; the continued run is exact."
+    out = tmp_path/'r'
+    train(**quick(steps=10), out=out)
+    step, calls = DiscrFlow.train_step, [0]
+    def interrupted(self):
+        calls[0] += 1
+        if calls[0] == 5: raise KeyboardInterrupt
+        return step(self)
+    monkeypatch.setattr(DiscrFlow, 'train_step', interrupted)
+    code, msg = cli(capsys, gpm_train, '--out', out, '--resume', '--steps', 20, '--quiet')
+    assert code == 130 and 'interrupted at step 14' in msg and 'step 10) is kept' in msg and f'gpm_train --out {out} --resume' in msg, msg
+    assert read_checkpoint(out/'checkpoint.pt')['step'] == 10
+    monkeypatch.undo()
+    assert train(out=out, resume=True, steps=20, quiet=True)['step'] == 20
+    train(**quick(steps=20), out=tmp_path/'straight')
+    assert same_state(weights(out), weights(tmp_path/'straight'))
+
 @pytest.mark.parametrize('method', METHOD_NAMES)
 def test_resume_takes_the_runs_own_settings(capsys, tmp_path, method):
     "`gpm_train --out RUN --resume --steps N`: the method, data, preset and every override come from the run's config.json; the run goes on exactly."
