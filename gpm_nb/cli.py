@@ -233,7 +233,7 @@ def _trim_log(path:Path, step:int):
     tmp = path.with_suffix('.tmp'); tmp.write_text(''.join(l + '\n' for l in keep)); tmp.replace(path)
 
 def train(method:str|None=None, # a registered method; None: discr_flow, or on `resume` the run's own (so too `data`, `preset`)
-          data:str|None=None, # a built-in data set, a .npy/.npz file or a folder of images; None: gaussians5
+          data:str|None=None, # a built-in data set, a .npy/.npz/.csv file or a folder of images; None: gaussians5
           preset:str|None=None, # None: cpu
           out:str|Path|None=None, resume:bool=False, n_samples:int|None=None, quiet:bool=False, device=None, image_size:int|None=None,
           **overrides) -> dict:
@@ -300,7 +300,7 @@ def _registry_help() -> str:
     for m in all_methods().values():
         lines.append(f"  {m.name:12s} {m.field} x {m.pusher} (recipe {m.recipe.__name__}; presets {', '.join(preset_names(m.name))})")
     lines += [f"presets: {', '.join(PRESETS)} for every method (GPM_PRESET picks a notebook's), and the method's own above", f"data: {', '.join(dataset_names())} (real image sets: files under $GPM_DATA, nothing downloads),",
-              "      a .npy/.npz array (n, d) or (n, c, h, w) (FILE.npz:KEY picks one array of an archive), or a folder of PNG/JPEG images (--image_size S resizes)",
+              "      a .npy/.npz array (n, d) or (n, c, h, w) (FILE.npz:KEY picks one array of an archive), a .csv table (n, d), or a folder of PNG/JPEG images (--image_size S resizes)",
               f"losses (--loss, with --shift C for saturating): {', '.join(GAN_LOSSES)}",
               f"samplers (--sampler of edm, also of gpm_sample): {', '.join(SAMPLERS)}", '',
               'config fields (override any with --name value):']
@@ -327,7 +327,7 @@ def gpm_train(argv:list|None=None):
     ap = argparse.ArgumentParser('gpm_train', description=gpm_train.__doc__, epilog=_registry_help(),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--method', default=None, help='a registered method (below; default discr_flow)')
-    ap.add_argument('--data', default=None, help='a built-in data set (below; default gaussians5), a .npy/.npz file or a folder of images')
+    ap.add_argument('--data', default=None, help='a built-in data set (below; default gaussians5), a .npy/.npz/.csv file or a folder of images')
     ap.add_argument('--preset', default=None, help=f"{', '.join(PRESETS)}, or one of the method's own (below; default cpu)")
     ap.add_argument('--out', default=None, help="run folder (default: runs/METHOD_DATA, DATA the data's name: a file's stem, FILE-KEY for FILE.npz:KEY)")
     ap.add_argument('--resume', action='store_true', help="continue the run in --out from its checkpoint, with the run's own settings")

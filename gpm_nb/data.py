@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_data.ipynb #93b0aa0a
 from __future__ import annotations
-import math, os, re, gzip, pickle, codecs
+import math, os, re, gzip, pickle, codecs, warnings
 from pathlib import Path
 import numpy as np
 import torch
@@ -266,15 +266,30 @@ def _read_npy_npz(p:Path, key:str|None) -> np.ndarray:
         try: return f[key]
         except Exception as e: raise ValueError(f"cannot read array {key!r} of '{p}': {e}") from e
 
+def _read_csv(p:Path) -> np.ndarray:
+    "A CSV file of numbers, one sample per row, as an (n, d) float64 array; a first row of column names is skipped."
+    def number(s:str) -> bool:
+        try: float(s); return True
+        except ValueError: return False
+    try:
+        with open(p, newline='') as f: first = f.readline()
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', UserWarning)   # an empty table: the size check below says so
+            return np.loadtxt(p, delimiter=',', ndmin=2, skiprows=int(not all(map(number, first.split(',')))), dtype=np.float64)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read '{p}' as a CSV table of numbers (one sample per row, comma-separated, "
+                         f"an optional first row of column names): {e}") from None
+
 # %% ../nbs/01_data.ipynb #b0156f4b
-def load_array(path, # a .npy or .npz file holding an (n, d) or (n, c, h, w) numeric array
+def load_array(path, # a .npy or .npz file holding an (n, d) or (n, c, h, w) numeric array, or a .csv table (n, d)
                key:str|None=None, # the array to read from a .npz file
               ) -> Tensor:
-    "Load an (n, d) or (n, c, h, w) array from a .npy/.npz file as a float32 tensor, checking what is in it."
-    p = Path(path)
+    "Load an (n, d) or (n, c, h, w) array from a .npy/.npz file, or an (n, d) table from a .csv file, as a float32 tensor, checking what is in it."
+    p = Path(path); kind = p.suffix.lower()
     if not p.is_file(): raise FileNotFoundError(f"no such file: '{p}'")
-    if p.suffix.lower() not in ('.npy', '.npz'): raise ValueError(f"'{p}': unsupported file type {p.suffix!r}, expected .npy or .npz")
-    a = _read_npy_npz(p, key)
+    if kind not in ('.npy', '.npz', '.csv'): raise ValueError(f"'{p}': unsupported file type {p.suffix!r}, expected .npy, .npz or .csv")
+    if key is not None and kind != '.npz': raise ValueError(f"'{p}': key={key!r} picks an array of a .npz archive; a {kind} file holds one")
+    a = _read_csv(p) if kind == '.csv' else _read_npy_npz(p, key)
     if a.ndim not in (2, 4): raise ValueError(f"'{p}': " + _ndim_error(a.shape, 'the array'))
     if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
         raise ValueError(f"'{p}': expected a numeric (float or int) array, got dtype {a.dtype}")
@@ -541,20 +556,20 @@ def _file_data(path:Path, x:Tensor, name:str) -> ArrayData:
     try: return ArrayData(x, name=name)
     except ValueError as e: raise ValueError(f"'{path}': {e}") from None
 
-def get_dataset(name_or_path:str, # a name in `dataset_names()`, a .npy/.npz array (n, d) or (n, c, h, w) (`file.npz:key`: one of an archive's), or an image folder
+def get_dataset(name_or_path:str, # a name in `dataset_names()`, a .npy/.npz array (n, d) or (n, c, h, w) (`file.npz:key`: one of an archive's), a .csv table (n, d), or an image folder
                 image_size:int|None=None, # for a folder: crop and resize every image to image_size x image_size
                ):
-    "A built-in data set by name, an `ArrayData` of a .npy/.npz array, or an `ArrayData` of a folder's images (values 0..255)."
+    "A built-in data set by name, an `ArrayData` of a .npy/.npz array or .csv table, or an `ArrayData` of a folder's images (values 0..255)."
     s = str(name_or_path); p = Path(s)
     is_dir = s not in DATASETS and s not in IMAGE_DATASETS and p.is_dir()
     if image_size is not None and not is_dir: raise ValueError(f"image_size applies to folders of images only, not to {s!r}")
     if s in DATASETS: return DATASETS[s]()
     if s in IMAGE_DATASETS: return IMAGE_DATASETS[s]()
     if is_dir: return _file_data(p, load_image_folder(p, size=image_size), p.resolve().name)
-    if s.lower().endswith(('.npy', '.npz')): return _file_data(p, load_array(s), p.stem)
+    if s.lower().endswith(('.npy', '.npz', '.csv')): return _file_data(p, load_array(s), p.stem)
     if m := re.fullmatch(r'(.+\.npz):([^:/\\]+)', s, flags=re.IGNORECASE):   # file.npz:key, one array of an archive
         return _file_data(p, load_array(m[1], key=m[2]), f"{Path(m[1]).stem}-{m[2]}")
-    if p.exists(): raise ValueError(f"'{p}' is neither a .npy/.npz array nor a folder of images")
+    if p.exists(): raise ValueError(f"'{p}' is neither a .npy/.npz array, a .csv table nor a folder of images")
     if '/' in s or os.sep in s: raise FileNotFoundError(f"no such file or folder: '{p}'")
     raise ValueError(f"unknown dataset {s!r}: choose one of {', '.join(dataset_names())}, "
-                     f"or a path to a .npy/.npz array of shape {_SHAPES} or to a folder of images")
+                     f"or a path to a .npy/.npz array of shape {_SHAPES}, a .csv table (n, d) or a folder of images")

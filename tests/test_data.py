@@ -186,6 +186,18 @@ def test_load_array_roundtrip(tmp_path):
     assert load_array(tmp_path / 'i.npy').dtype == torch.float32
 
 
+def test_load_csv_tables(tmp_path):
+    "A .csv table, one sample per row, with or without a first row of column names (quoted too); one column is (n, 1)."
+    xs = np.random.default_rng(0).normal(size=(40, 3))
+    np.savetxt(tmp_path / 'plain.csv', xs, delimiter=',')
+    np.savetxt(tmp_path / 'named.csv', xs, delimiter=',', header='"x","y","z"', comments='')
+    np.savetxt(tmp_path / 'one.csv', xs[:, 0], delimiter=',', header='x', comments='')
+    for f in ('plain.csv', 'named.csv'): assert torch.allclose(load_array(tmp_path / f), torch.tensor(xs, dtype=torch.float32))
+    assert load_array(tmp_path / 'one.csv').shape == (40, 1)
+    d = get_dataset(str(tmp_path / 'named.csv'))
+    assert d.name == 'named' and d.sample(5).shape == (5, 3)
+
+
 def test_load_array_images_roundtrip(tmp_path):
     ims = np.random.default_rng(1).uniform(-1, 1, size=(20, 3, 8, 8))
     np.save(tmp_path / 'im.npy', ims); np.savez(tmp_path / 'im.npz', images=ims.astype(np.float16))
@@ -209,12 +221,15 @@ def test_load_array_errors_name_the_file_and_the_problem(tmp_path):
     def save(name, a): np.save(tmp_path / name, a); return tmp_path / name
     np.savez(tmp_path / 'two.npz', x=xs, y=xs); np.savez(tmp_path / 'none.npz')
     (tmp_path / 'bad.npy').write_bytes(b'not a numpy file'); (tmp_path / 'bad.npz').write_bytes(b'PK\x03\x04junk')
-    (tmp_path / 'a.csv').write_text('1,2\n')
+    (tmp_path / 'a.txt').write_text('1,2\n'); (tmp_path / 'bad.csv').write_text('x,y\n1,2\n3,oops\n')
+    (tmp_path / 'empty.csv').write_text('x,y\n'); (tmp_path / 'bin.csv').write_bytes(b'\xff\xfe\x00junk')
     (tmp_path / 'trunc.npy').write_bytes(save('full.npy', xs).read_bytes()[:300])
     nan = xs.copy(); nan[[1, 4, 7], 0] = np.nan; nan[9, 2] = np.inf
     nan_im = np.zeros((20, 3, 4, 4)); nan_im[[0, 5], 2, 3, 3] = np.nan
     cases = [('missing.npy', None, FileNotFoundError, 'no such file'),
-             ('a.csv', None, ValueError, "unsupported file type '.csv', expected .npy or .npz"),
+             ('a.txt', None, ValueError, r"unsupported file type '\.txt', expected \.npy, \.npz or \.csv"),
+             ('bad.csv', None, ValueError, r"cannot read '.*bad\.csv' as a CSV table of numbers"), ('empty.csv', None, ValueError, 'empty'),
+             ('bin.csv', None, ValueError, 'cannot read'), ('bad.csv', 'x', ValueError, "key='x' picks an array of a .npz archive"),
              ('bad.npy', None, ValueError, 'cannot read'), ('bad.npz', None, ValueError, 'cannot read'),
              ('trunc.npy', None, ValueError, 'cannot read'),
              ('two.npz', None, ValueError, r"holds several arrays: choose one of \['x', 'y'\], with key= or, on the command line, as --data .*two\.npz:x"),
@@ -243,7 +258,7 @@ def test_get_dataset(tmp_path):
     assert isinstance(get_dataset('gaussians_narrow'), GaussianMixture)
     with pytest.raises(ValueError, match=r"unknown dataset 'nope': choose one of gaussians5, gaussians8, gaussians25, gaussians_narrow, "
                                           r"gaussians_uneven, moons, swiss_roll, checkerboard, rings, pinwheel, digits, mnist, cifar10, celeba64, "
-                                          r"or a path to a \.npy/\.npz array of shape \(n, d\) or \(n, c, h, w\) or to a folder of images"):
+                                          r"or a path to a \.npy/\.npz array of shape \(n, d\) or \(n, c, h, w\), a \.csv table \(n, d\) or a folder of images"):
         get_dataset('nope')
     with pytest.raises(FileNotFoundError, match='no such file'): get_dataset(str(tmp_path / 'gone.npz'))
 

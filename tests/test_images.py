@@ -161,7 +161,7 @@ def test_get_dataset_of_a_folder(tmp_path):
     assert get_dataset(tmp_path/'pics', image_size=3).shape == (1, 3, 3)
     with pytest.raises(ValueError, match='image_size applies to folders of images only'): get_dataset('moons', image_size=3)
     with pytest.raises(FileNotFoundError, match='no such file or folder'): get_dataset(str(tmp_path/'nope'))
-    with pytest.raises(ValueError, match='neither a .npy/.npz array nor a folder'): get_dataset(str(tmp_path/'pics'/'0.png'))
+    with pytest.raises(ValueError, match='neither a .npy/.npz array, a .csv table nor a folder'): get_dataset(str(tmp_path/'pics'/'0.png'))
 
 
 # ------------------------------------------------------------------------------------------------ ImageData
