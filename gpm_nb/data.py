@@ -19,11 +19,6 @@ __all__ = ['DATASETS', 'IMAGE_EXTS', 'IMAGE_DATASETS', 'GaussianMixture', 'gauss
            'as_data', 'load_array', 'load_digits', 'digits', 'load_image_folder', 'data_root', 'ImageData', 'read_idx',
            'mnist', 'cifar10', 'celeba64', 'dataset_names', 'get_dataset']
 
-# %% ../nbs/01_data.ipynb #b85cd9ae
-def _check_n(n) -> int:
-    "Return `n` as an int if it is a positive integer, else raise a `ValueError`."
-    return check_count(n, 'n')
-
 # %% ../nbs/01_data.ipynb #a576de2e
 class GaussianMixture:
     "Mixture of isotropic Gaussians `sum_k w_k N(mu_k, std^2 I)` with exact `log_prob` and `score`."
@@ -51,7 +46,7 @@ class GaussianMixture:
 @patch
 def sample(self:GaussianMixture, n:int, device=None) -> Tensor:
     "`n` draws, (n, d) float32 on `device`, from torch's global RNG (on the CPU)."
-    k = torch.multinomial(self.weights, _check_n(n), replacement=True)
+    k = torch.multinomial(self.weights, check_count(n, 'n'), replacement=True)
     x = self.means[k] + self.std * torch.randn(len(k), self.dim)
     return x.to(default_device() if device is None else device)
 
@@ -140,7 +135,7 @@ class Toy2D:
     def __init__(self, name:str, draw, **kw): self.name, self.draw, self.kw = name, draw, kw
     def sample(self, n:int, device=None) -> Tensor:
         "`n` draws, (n, 2) float32 on `device`."
-        return self.draw(_check_n(n), **self.kw).float().to(default_device() if device is None else device)
+        return self.draw(check_count(n, 'n'), **self.kw).float().to(default_device() if device is None else device)
     def __repr__(self): return f"Toy2D({self.name!r})"
 
 # %% ../nbs/01_data.ipynb #ba574c0c
@@ -235,7 +230,7 @@ class ArrayData:
 
     def sample(self, n:int, device=None) -> Tensor:
         "`n` samples drawn uniformly with replacement, (n, *shape) float32 on `device`."
-        i = torch.randint(len(self.x), (_check_n(n),))
+        i = torch.randint(len(self.x), (check_count(n, 'n'),))
         return self.x[i.to(self.x.device)].to(default_device() if device is None else device)
 
     def __len__(self): return len(self.x)
@@ -421,7 +416,7 @@ class ImageData:
 
     def sample(self, n:int, device=None) -> Tensor:
         "`n` images drawn uniformly with replacement, (n, c, h, w) float32 in [-1, 1] (v / 127.5 - 1) on `device`."
-        i = torch.randint(len(self.data), (_check_n(n),))
+        i = torch.randint(len(self.data), (check_count(n, 'n'),))
         return self.data[i].to(default_device() if device is None else device).float().div_(127.5).sub_(1)
 
     @property
