@@ -180,8 +180,9 @@ def _resume_settings(out:Path, method:str|None, data:str|None, preset:str|None, 
     saved = json.loads((out/'config.json').read_text())
     method = method or saved['method']
     if method == saved['method']:   # its settings are the defaults; another method is refused by `_check_resume`
-        names = {f.name for c in (RunConfig, get_method(method).config) for f in fields(c)}
-        overrides = {**{k: v for k, v in {**saved['run'], **saved['cfg']}.items() if k in names}, **overrides}
+        known, made = {f.name: f.default for c in (RunConfig, get_method(method).config) for f in fields(c)}, {**saved['run'], **saved['cfg']}
+        before = {k: v for k, v in known.items() if k not in made}   # fields added since the run was made: their defaults, the behaviour it was made with
+        overrides = {**{k: v for k, v in made.items() if k in known}, **before, **overrides}
     return (method, data or saved['data'], preset or saved['preset'],
             saved.get('image_size') if image_size is None else image_size, overrides)
 

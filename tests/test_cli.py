@@ -184,6 +184,10 @@ def test_resume_a_run_made_before_a_config_field_was_added(tmp_path):
     c = json.loads((out/'config.json').read_text()); del c['cfg']['shift']; (out/'config.json').write_text(json.dumps(c))
     assert train(**quick(steps=10), out=out, resume=True)['step'] == 10
     with pytest.raises(ValueError, match='differs in: loss, shift'): train(**quick(steps=10, loss='saturating', shift=5), out=out, resume=True)
+    old = tmp_path/'old'             # a field the preset sets but the run predates takes the class default (the behaviour the run was made with)
+    train(**quick(steps=5), out=old)
+    c = json.loads((old/'config.json').read_text()); del c['cfg']['gp']; (old/'config.json').write_text(json.dumps(c))
+    assert train(out=old, resume=True, steps=10, quiet=True)['step'] == 10 and json.loads((old/'config.json').read_text())['cfg']['gp'] == 0.
 
 @pytest.mark.parametrize('method', METHOD_NAMES)
 def test_periodic_evaluation_does_not_change_training(tmp_path, method):
