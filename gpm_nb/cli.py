@@ -362,8 +362,8 @@ def load_run(run:str|Path, device=None, checkpoint:str='last',
 def sample_run(run:str|Path, n:int, steps:int|None=None, device=None, sampler:str|None=None, checkpoint:str='last',
                **overrides): # config fields to draw with instead of the run's, e.g. `denoise=False` (DiffFlow)
     "Rebuild the model of run folder `run` from its `checkpoint` ('last' or 'best' evaluation) and draw `n` samples (in the data's layout and range)."
+    check_count(n, '--n')                                            # before the model is loaded
     model, config = load_run(run, device, checkpoint, **overrides)
-    check_count(n, '--n')
     x = draw(model, config, n, steps, sampler)
     bad = int((~torch.isfinite(x.flatten(1))).any(1).sum())
     if bad:   # a model gone wrong, or a sampling grid too coarse for it: never hand NaN on as samples

@@ -13,7 +13,7 @@ from fastcore.basics import patch
 from .core import default_device, check_shape, check_finite, import_torchvision, check_count
 
 # %% auto #0
-__all__ = ['DATASETS', 'IMAGE_EXTS', 'IMAGE_DATASETS', 'GaussianMixture', 'gaussians5', 'gaussians8', 'gaussians25',
+__all__ = ['DATASETS', 'ARRAY_EXTS', 'IMAGE_EXTS', 'IMAGE_DATASETS', 'GaussianMixture', 'gaussians5', 'gaussians8', 'gaussians25',
            'gaussians_narrow', 'gaussians_uneven', 'Toy2D', 'draw_moons', 'draw_swiss_roll', 'draw_checkerboard',
            'draw_rings', 'draw_pinwheel', 'moons', 'swiss_roll', 'checkerboard', 'rings', 'pinwheel', 'ArrayData',
            'as_data', 'load_array', 'load_digits', 'digits', 'load_image_folder', 'data_root', 'ImageData', 'read_idx',
@@ -246,6 +246,8 @@ def as_data(data, # has `sample(n, device)`, or a tensor / numpy array of sample
     return data
 
 # %% ../nbs/01_data.ipynb #d332370f
+ARRAY_EXTS = ('.npy', '.npz', '.csv')   # the array files `load_array` reads
+
 def _read_npy_npz(p:Path, key:str|None) -> np.ndarray:
     "Read `p` with numpy (no pickles) and pick the array of an npz archive."
     try: f = np.load(p, allow_pickle=False)
@@ -282,7 +284,7 @@ def load_array(path, # a .npy or .npz file holding an (n, d) or (n, c, h, w) num
     "Load an (n, d) or (n, c, h, w) array from a .npy/.npz file, or an (n, d) table from a .csv file, as a float32 tensor, checking what is in it."
     p = Path(path); kind = p.suffix.lower()
     if not p.is_file(): raise FileNotFoundError(f"no such file: '{p}'")
-    if kind not in ('.npy', '.npz', '.csv'): raise ValueError(f"'{p}': unsupported file type {p.suffix!r}, expected .npy, .npz or .csv")
+    if kind not in ARRAY_EXTS: raise ValueError(f"'{p}': unsupported file type {p.suffix!r}, expected .npy, .npz or .csv")
     if key is not None and kind != '.npz': raise ValueError(f"'{p}': key={key!r} picks an array of a .npz archive; a {kind} file holds one")
     a = _read_csv(p) if kind == '.csv' else _read_npy_npz(p, key)
     if a.ndim not in (2, 4): raise ValueError(f"'{p}': " + _ndim_error(a.shape, 'the array'))
@@ -561,7 +563,7 @@ def get_dataset(name_or_path:str, # a name in `dataset_names()`, a .npy/.npz arr
     if s in DATASETS: return DATASETS[s]()
     if s in IMAGE_DATASETS: return IMAGE_DATASETS[s]()
     if is_dir: return _file_data(p, load_image_folder(p, size=image_size), p.resolve().name)
-    if s.lower().endswith(('.npy', '.npz', '.csv')): return _file_data(p, load_array(s), p.stem)
+    if s.lower().endswith(ARRAY_EXTS): return _file_data(p, load_array(s), p.stem)
     if m := re.fullmatch(r'(.+\.npz):([^:/\\]+)', s, flags=re.IGNORECASE):   # file.npz:key, one array of an archive
         return _file_data(p, load_array(m[1], key=m[2]), f"{Path(m[1]).stem}-{m[2]}")
     if p.exists(): raise ValueError(f"'{p}' is neither a .npy/.npz array, a .csv table nor a folder of images")
