@@ -21,12 +21,12 @@ from .train import Callback, LinearDecayCB, EMA
 from .monoflow import GAN_LOSSES, gan_loss
 
 # %% auto #0
-__all__ = ['GP_ON', 'positive', 'nonneg', 'init_std_rule', 'METHODS', 'BUILTIN_METHOD_MODULES', 'DISCR_FLOW_PRESETS',
+__all__ = ['GP_ON', 'positive', 'nonneg', 'init_std_rule', 'DF_SPREAD', 'METHODS', 'BUILTIN_METHOD_MODULES', 'DISCR_FLOW_PRESETS',
            'GAN_PRESETS', 'DiscriminatorField', 'GaussianPrior', 'FreeParticles', 'per_sample_time',
-           'plain_random_states', 'push_loss', 'Generator', 'sample_shape', 'Recipe', 'flow_grid', 'DiscrFlow', 'GAN',
-           'RunConfig', 'DiscriminatorConfig', 'DiscrFlowConfig', 'GANConfig', 'override', 'discriminator_net',
-           'generator_net', 'method_inputs', 'free_particles', 'discr_flow', 'gan', 'schedule_cbs', 'Method',
-           'register', 'all_methods', 'get_method', 'out_of_range', 'evaluate']
+           'plain_random_states', 'push_loss', 'Generator', 'sample_shape', 'Recipe', 'flow_grid', 'ScaledData',
+           'spread', 'DiscrFlow', 'GAN', 'RunConfig', 'DiscriminatorConfig', 'DiscrFlowConfig', 'GANConfig', 'override',
+           'discriminator_net', 'generator_net', 'method_inputs', 'free_particles', 'discr_flow', 'resolve_data_scale',
+           'gan', 'schedule_cbs', 'Method', 'register', 'all_methods', 'get_method', 'out_of_range', 'evaluate']
 
 # %% ../nbs/16_gpm.ipynb #d58e02cd
 GP_ON = ('interp', 'real', 'fake')
@@ -221,6 +221,18 @@ def flow_grid(K:int, # number of steps
     u = torch.linspace(0, 1, K + 1, dtype=torch.float64) ** power
     return u if anneal == 1 else 1 - (1 - u) ** anneal
 
+# %% ../nbs/16_gpm.ipynb #7a47cffd
+class ScaledData:
+    "The samples of `data` times `scale`: what a flow tuned at another scale trains on."
+    def __init__(self, data, scale:float): self.data, self.scale = data, scale
+    def sample(self, n:int, device=None) -> Tensor: return self.data.sample(n, device=device) * self.scale
+    def __repr__(self): return f"ScaledData({self.data!r}, scale={self.scale:g})"
+
+def spread(x:Tensor) -> float:
+    "The RMS distance of samples `x` (n, ...) from their mean, per coordinate: sqrt(mean_i Var x_i)."
+    x = x.flatten(1).double()
+    return (x - x.mean(0)).pow(2).mean().sqrt().item()
+
 # %% ../nbs/16_gpm.ipynb #03d16ec8
 class DiscrFlow(Recipe):
     "Discriminator Flow: a time-conditioned discriminator field pushing free particles (eq. 3)."
@@ -229,9 +241,11 @@ class DiscrFlow(Recipe):
                  data, # has `sample(n, device)`
                  batch_size:int=128, # data and particles per iteration
                  ema:float=0., # decay of the field average used to sample (0: none)
-                 bf16:bool=False): # run the flow (not the field's training) with bfloat16 matrix products
-        super().__init__(data, batch_size)
-        self.field, self.particles, self.bf16 = field, particles, bf16
+                 bf16:bool=False, # run the flow (not the field's training) with bfloat16 matrix products
+                 data_scale:float=1.): # the flow runs on the data times this (`resolve_data_scale`); samples come back in the data's scale
+        if not data_scale > 0: raise ValueError(f"data_scale must be > 0, got {data_scale}: derive it from the data with `resolve_data_scale`")
+        super().__init__(data if data_scale == 1 else ScaledData(data, data_scale), batch_size)
+        self.field, self.particles, self.bf16, self.data_scale = field, particles, bf16, data_scale
         self.field_ema = EMA(field, ema) if ema else None
     @property
     def K(self): return len(self.particles.grid) - 1
@@ -260,7 +274,8 @@ def sample(self:DiscrFlow, n:int, # number of samples
            ema:bool=True): # follow the averaged field when there is one
     "`n` new samples: prior draws integrated along the field (3)."
     grid = self.particles.grid_for(steps)   # with other steps: the same kind of grid (`flow_grid`'s power and anneal)
-    with self.flow_precision(): return self.particles.sample(self.sampling_field if ema else self.field, n, self.device, grid)
+    with self.flow_precision(): x = self.particles.sample(self.sampling_field if ema else self.field, n, self.device, grid)
+    return x if self.data_scale == 1 else x / self.data_scale
 
 # %% ../nbs/16_gpm.ipynb #0d40a441
 class GAN(Recipe):
@@ -361,10 +376,11 @@ class DiscrFlowConfig(DiscriminatorConfig):
     bf16: bool = False         # flow in bfloat16 matrix products (the discriminator trains in float32)
     grid_power: float = 1.     # flow times t_k = 1 - (1 - (k/K)^grid_power)^grid_anneal (`flow_grid`):
     grid_anneal: float = 1.    # power < 1 or anneal > 1 take large steps first and small ones last
+    data_scale: float = 1.     # the flow runs on the data times this; 0: derived when a run starts (`resolve_data_scale`)
     def __post_init__(self):
         super().__post_init__()
         _check(self, K=positive, eta=(lambda v: v > 0, '> 0'), t_emb=(lambda v: v >= 2 and v % 2 == 0, 'even and >= 2'),
-               grid_power=(lambda v: v > 0, '> 0'), grid_anneal=(lambda v: v > 0, '> 0'))
+               grid_power=(lambda v: v > 0, '> 0'), grid_anneal=(lambda v: v > 0, '> 0'), data_scale=nonneg)
 
 @dataclass(frozen=True)
 class GANConfig(DiscriminatorConfig):
@@ -445,8 +461,20 @@ def discr_flow(data, # has `sample(n, device)`, or a tensor / array of samples
                device=None) -> DiscrFlow:
     "Discriminator Flow: a time-conditioned discriminator field pushing free particles from N(0, I)."
     data = method_inputs(data, cfg, DiscrFlowConfig, run); shape = sample_shape(data)
+    if not cfg.data_scale: raise ValueError("data_scale must be set: give it, or derive it from the data with `resolve_data_scale`")
     return DiscrFlow(_field(shape, cfg, cfg.t_emb, cfg.eta), free_particles(shape, cfg), data, run.batch_size, cfg.ema,
-                     cfg.bf16).to(device or default_device())
+                     cfg.bf16, cfg.data_scale).to(device or default_device())
+
+DF_SPREAD = 2.2   # the `spread` Discriminator Flow's presets were tuned at: the 5 Gaussians' (2.18)
+
+def resolve_data_scale(data, cfg:DiscrFlowConfig) -> DiscrFlowConfig:
+    "`cfg` with data_scale given as 0 derived from 2000 samples of `data`: vectors to the `spread` DF_SPREAD (2 significant digits), images as they are."
+    if cfg.data_scale: return cfg
+    x = as_data(data).sample(2000, device='cpu')
+    if x.dim() > 2: return replace(cfg, data_scale=1.)     # images: the conv nets' range [-1, 1]
+    s = spread(x)
+    if not s > 0: raise ValueError("the data have no spread (all samples equal): no scale to derive data_scale from; set --data_scale")
+    return replace(cfg, data_scale=float(f"{DF_SPREAD / s:.2g}"))
 
 # %% ../nbs/16_gpm.ipynb #91ab28e3
 def gan(data, # has `sample(n, device)`, or a tensor / array of samples
@@ -518,7 +546,7 @@ GAN_PRESETS = {
               GANConfig(width=64, depth=2, g_width=64, g_depth=2, latent=16, gp=0.1, gp_on='interp', ema=0.99)),
 }
 register(Method('discr_flow', 'time-conditioned discriminator D(x, t)', 'free particles', DiscrFlow, DiscrFlowConfig,
-                DISCR_FLOW_PRESETS, discr_flow))
+                DISCR_FLOW_PRESETS, discr_flow, resolve_data_scale))
 register(Method('gan', 'discriminator D(x)', 'generator', GAN, GANConfig, GAN_PRESETS, gan))
 
 # %% ../nbs/16_gpm.ipynb #636a564a

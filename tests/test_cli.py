@@ -4,7 +4,7 @@ from dataclasses import asdict
 import numpy as np, pytest, torch
 from gpm_nb.core import seed_everything
 from gpm_nb.data import ArrayData, load_digits
-from gpm_nb.gpm import METHODS, all_methods, RunConfig, DiscrFlow, flow_grid
+from gpm_nb.gpm import METHODS, all_methods, RunConfig, DiscrFlow, flow_grid, spread
 from gpm_nb.train import read_checkpoint, load_checkpoint, NonFiniteLossError, CheckpointError
 from gpm_nb.cli import (train, make_run, run_configs, standardize, sample_run, load_run, bench, bench_compare, gpm_train, gpm_sample, gpm_bench,
                         read_log, DivergedError, DivergenceCB)
@@ -390,6 +390,24 @@ def test_user_array_end_to_end(bin_dir, tmp_path):
     assert code == 0 and 'wrote (50, 2) samples' in out, out
     s2 = np.load(tmp_path/'s.npy')
     assert s2.shape == (50, 2) and 5 < np.abs(s2).mean() < 40
+
+def test_discr_flow_data_scale_is_resolved_recorded_and_undone(tmp_path):
+    "--data_scale 0: the factor to the tuned spread is derived once, recorded; the flow trains on scaled data and hands samples back unscaled."
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(-20, 1, (500, 2)), rng.normal(20, 1, (500, 2))]).astype(np.float32)
+    np.save(tmp_path/'two.npy', x)
+    train(**{**quick(steps=20, n_samples=400), 'data': str(tmp_path/'two.npy')}, out=tmp_path/'r', data_scale=0.)
+    cfg = json.loads((tmp_path/'r'/'config.json').read_text())
+    assert cfg['cfg']['data_scale'] == 2.2                                   # standardised data: spread 1 -> 2.2
+    assert load_run(tmp_path/'r')[0].data_scale == 2.2
+    model = make_run('discr_flow', str(tmp_path/'two.npy'), 'quick', device='cpu', data_scale=0.)['model']
+    assert 1.9 < spread(model.data.sample(4000, 'cpu')) < 2.5                # what the flow trains on
+    s = np.load(tmp_path/'r'/'samples.npy')
+    assert s.shape == (400, 2) and 5 < np.abs(s).mean() < 40                 # back at the data's scale
+    train(**{**quick(steps=30), 'data': str(tmp_path/'two.npy')}, out=tmp_path/'r', resume=True)
+    assert json.loads((tmp_path/'r'/'config.json').read_text())['cfg']['data_scale'] == 2.2
+    train(**quick(steps=5, n_samples=100), out=tmp_path/'g5', data_scale=0.)     # the 5 Gaussians: the tuned spread itself
+    assert json.loads((tmp_path/'g5'/'config.json').read_text())['cfg']['data_scale'] == 1.
 
 def test_default_run_folder_is_named_after_the_data(tmp_path, monkeypatch):
     "runs/METHOD_DATA with the data's own name: two arrays of one archive (FILE.npz:KEY) get two folders."
