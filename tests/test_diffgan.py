@@ -149,6 +149,7 @@ def test_diffused_discriminator_flow_and_digits():
     m = diffusion_gan(dg, resolve_sigma_n(dg, DIFFUSION_GAN_PRESETS['quick'][1]), RunConfig(batch_size=16), device='cpu')
     assert 'T' in m.train_step() and m.sample(4).shape == (4, 1, 8, 8)
     with pytest.raises(ValueError, match='images need t_emb=0'): diffused_discr_flow(dg, cfg)
+    with pytest.raises(ValueError, match="runs at the data's own scale.*data_scale must be 1, got 2.0"): diffused_discr_flow(gaussians5(), replace(cfg, data_scale=2.))
 
 def test_checkpoint_keeps_the_adaptive_state(tmp_path):
     "p, T, the pool and the r_d accumulator are in the state dict: a resumed model continues exactly."

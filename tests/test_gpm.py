@@ -10,10 +10,12 @@ from gpm_nb.gpm import (DiscriminatorField, GaussianPrior, FreeParticles, Genera
                         RunConfig, DiscriminatorConfig, DiscrFlowConfig, GANConfig, override, discriminator_net,
                         generator_net, discr_flow, gan, schedule_cbs, Method, METHODS, register, get_method, all_methods,
                         out_of_range, evaluate, gan_loss, GAN_LOSSES, DISCR_FLOW_PRESETS, GAN_PRESETS,
-                        plain_random_states, per_sample_time, flow_grid)
+                        plain_random_states, per_sample_time, flow_grid, resolve_data_scale)
 from gpm_nb.train import Trainer, CheckpointCB, load_checkpoint, LinearDecayCB
 
 DF_RUN, DF_CFG = DISCR_FLOW_PRESETS['quick']
+DF_CFG = resolve_data_scale(gaussians5(), DF_CFG)   # the 5 Gaussians: data_scale 1.0
+assert DF_CFG.data_scale == 1.
 GAN_RUN, GAN_CFG = GAN_PRESETS['quick']
 LOSSES = list(GAN_LOSSES)
 
