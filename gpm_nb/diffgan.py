@@ -16,7 +16,7 @@ from .train import all_mean_, dist_info
 from .monoflow import GANLoss
 from .data import as_data
 from .gpm import (sample_shape, method_inputs, DiscriminatorField, DiscrFlow, Generator, GaussianPrior, GAN, RunConfig, GANConfig,
-                        DiscrFlowConfig, Method, register, _check, positive, _net_kind, generator_net, free_particles)
+                        DiscrFlowConfig, Method, register, _check, positive, _net_kind, generator_net, free_particles, spread)
 
 # %% auto #0
 __all__ = ['TS_DISTS', 'CONDS', 'SIGMA_N_RATIO', 'DIFFUSION_GAN_PRESETS', 'linear_betas', 'alphas_bar', 'diffuse',
@@ -245,8 +245,7 @@ def resolve_sigma_n(data, cfg):
     "`cfg` with sigma_n = 0 replaced by SIGMA_N_RATIO times the data's per-coordinate RMS std (from 2000 samples)."
     data = as_data(data)
     if cfg.sigma_n: return cfg
-    x = data.sample(2000, device='cpu').flatten(1).double()
-    return replace(cfg, sigma_n=float(f"{SIGMA_N_RATIO * x.var(0).mean().sqrt().item():.4g}"))
+    return replace(cfg, sigma_n=float(f"{SIGMA_N_RATIO * spread(data.sample(2000, device='cpu')):.4g}"))
 
 # %% ../nbs/19_diffgan.ipynb #0f313c97
 def diffusion(cfg:DiffusionFields) -> AdaptiveDiffusion:

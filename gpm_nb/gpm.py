@@ -229,9 +229,8 @@ class ScaledData:
     def __repr__(self): return f"ScaledData({self.data!r}, scale={self.scale:g})"
 
 def spread(x:Tensor) -> float:
-    "The RMS distance of samples `x` (n, ...) from their mean, per coordinate: sqrt(mean_i Var x_i)."
-    x = x.flatten(1).double()
-    return (x - x.mean(0)).pow(2).mean().sqrt().item()
+    "The data's scale from samples `x` (n, ...): the RMS of the per-coordinate standard deviations, sqrt(mean_i Var x_i)."
+    return x.flatten(1).double().var(0).mean().sqrt().item()
 
 # %% ../nbs/16_gpm.ipynb #03d16ec8
 class DiscrFlow(Recipe):
@@ -275,7 +274,7 @@ def sample(self:DiscrFlow, n:int, # number of samples
     "`n` new samples: prior draws integrated along the field (3)."
     grid = self.particles.grid_for(steps)   # with other steps: the same kind of grid (`flow_grid`'s power and anneal)
     with self.flow_precision(): x = self.particles.sample(self.sampling_field if ema else self.field, n, self.device, grid)
-    return x if self.data_scale == 1 else x / self.data_scale
+    return x / self.data_scale   # back to the data's scale (exact at data_scale 1)
 
 # %% ../nbs/16_gpm.ipynb #0d40a441
 class GAN(Recipe):
