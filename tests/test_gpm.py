@@ -549,7 +549,7 @@ def test_builders_take_samples_as_a_tensor_or_array_and_refuse_wrong_configs(met
 def test_evaluate_takes_arrays_and_refuses_samples_unlike_the_data():
     "evaluate: samples and data as tensors or arrays; the same figures as before for a tensor (no extra random draw); clear errors for bad shapes."
     p = gaussians5()
-    x = p.sample(300, 'cpu')
+    torch.manual_seed(0); x = p.sample(300, 'cpu')   # seeded: two unseeded 300-sample draws are 0.05 apart or more in about 1 run in 8
     torch.manual_seed(1); a = evaluate(x, p, floors=False)
     torch.manual_seed(1); b = evaluate(x.numpy(), p, floors=False)
     assert a == b and a['modes_covered'] == 5
