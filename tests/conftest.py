@@ -10,6 +10,12 @@ os.environ.setdefault('OMP_NUM_THREADS', '1')
 import torch
 torch.set_num_threads(int(os.environ['OMP_NUM_THREADS']))
 
+@pytest.fixture(autouse=True)
+def seeded():
+    "Every test starts from seed 0: torch seeds its global generator from the OS, so an unseeded draw differs run to run."
+    from gpm_nb.core import seed_everything
+    seed_everything(0)
+
 @pytest.fixture
 def root(): return ROOT
 
