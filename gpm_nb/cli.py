@@ -16,7 +16,7 @@ from .data import get_dataset, dataset_names
 from .metrics import energy_distance, metric_floor
 from .train import (Trainer, Callback, LogCB, ProgressCB, EvalCB, CheckpointCB, BestCheckpointCB, read_checkpoint, load_checkpoint,
                           NonFiniteLossError, init_distributed, dist_info, rank_seed)
-from .gpm import all_methods, get_method, RunConfig, override, evaluate, schedule_cbs, plain_random_states, per_sample_time
+from .gpm import all_methods, get_method, RunConfig, override, evaluate, schedule_cbs, plain_random_states, per_sample_time, sample_shape
 from .monoflow import GAN_LOSSES
 from .scores import SAMPLERS
 from .yardstick import digits_metrics
@@ -61,12 +61,15 @@ def run_configs(method:str, preset:str, **overrides) -> tuple:
     if preset not in m.presets: raise ValueError(f"unknown preset {preset!r} for {method}: choose one of {', '.join(preset_names(method))}")
     return override(m.presets[preset], **overrides)
 
-def make_run(method:str, data:str, preset:str, device=None, image_size:int|None=None, **overrides) -> dict:
+def make_run(method:str, data:str, preset:str|None, # None: the method's default for the data (`Method.default_preset`)
+             device=None, image_size:int|None=None, **overrides) -> dict:
     "Validate every choice, seed, build the model (its share of the batch when it is one of several processes); return dict(config, model, data, std, run, cfg)."
-    run, cfg = run_configs(method, preset, **overrides)
-    ds = get_dataset(data, image_size=image_size)
-    std = standardize(ds) if data not in dataset_names() else None   # built-in data come in their own scale
     m = get_method(method)
+    if preset is not None: run_configs(method, preset, **overrides)   # a bad name or override fails before the data load
+    ds = get_dataset(data, image_size=image_size)
+    preset = preset or m.default_preset(sample_shape(ds))
+    run, cfg = run_configs(method, preset, **overrides)
+    std = standardize(ds) if data not in dataset_names() else None   # built-in data come in their own scale
     rank, world = dist_info()
     if run.batch_size % world:
         raise ValueError(f"batch_size {run.batch_size} is not a multiple of the {world} processes: each draws batch_size / {world} per step")
@@ -235,14 +238,14 @@ def _trim_log(path:Path, step:int):
 
 def train(method:str|None=None, # a registered method; None: discr_flow, or on `resume` the run's own (so too `data`, `preset`)
           data:str|None=None, # a built-in data set, a .npy/.npz/.csv file or a folder of images; None: gaussians5
-          preset:str|None=None, # None: cpu
+          preset:str|None=None, # None: the method's default for the data (cpu; on images its `image_preset`, if any)
           out:str|Path|None=None, resume:bool=False, n_samples:int|None=None, quiet:bool=False, device=None, image_size:int|None=None,
           **overrides) -> dict:
     "Train `method` on `data` with `preset` (and config `overrides`) into folder `out` (default runs/METHOD_DATA); return the final metrics."
     rank, world = init_distributed()
     if resume and out is not None and (Path(out)/'config.json').exists():
         method, data, preset, image_size, overrides = _resume_settings(Path(out), method, data, preset, image_size, overrides)
-    method, data, preset = method or 'discr_flow', data or 'gaussians5', preset or 'cpu'
+    method, data = method or 'discr_flow', data or 'gaussians5'
     r = make_run(method, data, preset, device=device, image_size=image_size, **overrides)
     model, config, run = r['model'], r['config'], r['run']
     out = Path(out or f"runs/{method}_{getattr(r['data'], 'name', Path(data).stem)}"); ckpt = out/'checkpoint.pt'
@@ -299,7 +302,8 @@ def _registry_help() -> str:
     "The methods, presets, data sets and config fields, as the help's epilog."
     lines = ['methods:']
     for m in all_methods().values():
-        lines.append(f"  {m.name:12s} {m.field} x {m.pusher} (recipe {m.recipe.__name__}; presets {', '.join(preset_names(m.name))})")
+        lines.append(f"  {m.name:12s} {m.field} x {m.pusher} (recipe {m.recipe.__name__}; presets {', '.join(preset_names(m.name))}"
+                     + (f"; on images {m.image_preset}" if m.image_preset else '') + ')')
     lines += [f"presets: {', '.join(PRESETS)} for every method (GPM_PRESET picks a notebook's), and the method's own above", f"data: {', '.join(dataset_names())} (real image sets: files under $GPM_DATA, nothing downloads),",
               "      a .npy/.npz array (n, d) or (n, c, h, w) (FILE.npz:KEY picks one array of an archive), a .csv table (n, d), or a folder of PNG/JPEG images (--image_size S resizes)",
               f"losses (--loss, with --shift C for saturating): {', '.join(GAN_LOSSES)}",
@@ -329,7 +333,7 @@ def gpm_train(argv:list|None=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--method', default=None, help='a registered method (below; default discr_flow)')
     ap.add_argument('--data', default=None, help='a built-in data set (below; default gaussians5), a .npy/.npz/.csv file or a folder of images')
-    ap.add_argument('--preset', default=None, help=f"{', '.join(PRESETS)}, or one of the method's own (below; default cpu)")
+    ap.add_argument('--preset', default=None, help=f"{', '.join(PRESETS)}, or one of the method's own (below; default cpu, on images the method's image preset where it has one)")
     ap.add_argument('--out', default=None, help="run folder (default: runs/METHOD_DATA, DATA the data's name: a file's stem, FILE-KEY for FILE.npz:KEY)")
     ap.add_argument('--resume', action='store_true', help="continue the run in --out from its checkpoint, with the run's own settings")
     ap.add_argument('--n_samples', type=int, default=None, help="samples drawn at the end (default: the run's n_eval)")

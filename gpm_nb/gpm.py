@@ -502,12 +502,18 @@ class Method:
     presets: dict    # preset name -> (RunConfig, config)
     build: Callable  # build(data, cfg, run, device) -> recipe
     resolve: Callable|None = None  # resolve(data, cfg) -> cfg with what the data decide filled in, when a run starts
+    image_preset: str|None = None  # the preset a run on images takes when none is named (None: cpu, as for vectors)
+    def default_preset(self, shape:tuple) -> str:
+        "The preset a run on samples of `shape` takes when none is named: `image_preset` for images (c, h, w), else cpu."
+        return self.image_preset if self.image_preset and len(shape) == 3 else 'cpu'
     def __repr__(self): return f"Method({self.name!r}: {self.field} x {self.pusher}, presets {', '.join(self.presets)})"
 
 METHODS = {}
 
 def register(m:Method) -> Method:
-    "Add `m` to `METHODS`."
+    "Add `m` to `METHODS`; its default presets must be among its presets."
+    for p in ('cpu', m.image_preset or 'cpu'):
+        if p not in m.presets: raise ValueError(f"{m.name}: its default preset {p!r} is not among its presets {', '.join(m.presets)}")
     METHODS[m.name] = m
     return m
 
@@ -545,7 +551,7 @@ GAN_PRESETS = {
               GANConfig(width=64, depth=2, g_width=64, g_depth=2, latent=16, gp=0.1, gp_on='interp', ema=0.99)),
 }
 register(Method('discr_flow', 'time-conditioned discriminator D(x, t)', 'free particles', DiscrFlow, DiscrFlowConfig,
-                DISCR_FLOW_PRESETS, discr_flow, resolve_data_scale))
+                DISCR_FLOW_PRESETS, discr_flow, resolve_data_scale, image_preset='digits'))
 register(Method('gan', 'discriminator D(x)', 'generator', GAN, GANConfig, GAN_PRESETS, gan))
 
 # %% ../nbs/16_gpm.ipynb #636a564a

@@ -570,9 +570,9 @@ def test_method_specific_presets():
     with pytest.raises(ValueError, match="unknown preset 'mnist' for gan: choose one of quick, cpu, gpu"): run_configs('gan', 'mnist')
 
 def test_discr_flow_digits_preset(capsys, tmp_path):
-    "Discriminator Flow's `digits` preset trains on digits and samples with its averaged discriminator, which the checkpoint keeps."
+    "Discriminator Flow on images takes its `digits` preset when none is named; it samples with its averaged discriminator, which the checkpoint keeps."
     out = tmp_path/'r'
-    code, msg = cli(capsys, gpm_train, '--method', 'discr_flow', '--data', 'digits', '--preset', 'digits', '--steps', 4,
+    code, msg = cli(capsys, gpm_train, '--method', 'discr_flow', '--data', 'digits', '--steps', 4,
                     '--eval_every', 2, '--n_eval', 64, '--n_samples', 64, '--out', out, '--quiet')
     assert code == 0, msg
     cfg = json.loads((out/'config.json').read_text())
@@ -583,6 +583,14 @@ def test_discr_flow_digits_preset(capsys, tmp_path):
     assert any(k.startswith('field_ema.avg.net.blocks') for k in state)       # the conv discriminator's average is saved
     code, msg = cli(capsys, gpm_train, '--method', 'gan', '--data', 'digits', '--preset', 'digits', '--out', tmp_path/'g')
     assert code == 2 and "unknown preset 'digits' for gan" in msg, msg
+
+def test_default_preset_follows_the_data():
+    "A run that names no preset: cpu on vectors, and on images too for a method without an image preset; a named one is kept."
+    for method, data, want in [('discr_flow', 'gaussians5', 'cpu'), ('gan', 'digits', 'cpu'), ('discr_flow', 'digits', 'digits')]:
+        r = make_run(method, data, None, device='cpu')
+        assert r['config']['preset'] == want and r['run'] == run_configs(method, want)[0], (method, data, r['config']['preset'])
+    assert make_run('discr_flow', 'digits', 'quick', device='cpu')['config']['preset'] == 'quick'
+    with pytest.raises(ValueError, match="unknown preset 'fast' for discr_flow"): make_run('discr_flow', 'no_such.npy', 'fast')   # before the data
 
 # ---------------------------------------------------------------- folders of images
 
