@@ -65,10 +65,10 @@ def make_run(method:str, data:str, preset:str|None, # None: the method's default
              device=None, image_size:int|None=None, **overrides) -> dict:
     "Validate every choice, seed, build the model (its share of the batch when it is one of several processes); return dict(config, model, data, std, run, cfg)."
     m = get_method(method)
-    if preset is not None: run_configs(method, preset, **overrides)   # a bad name or override fails before the data load
+    if preset is not None: run, cfg = run_configs(method, preset, **overrides)   # a bad name or override fails before the data load
     ds = get_dataset(data, image_size=image_size)
-    preset = preset or m.default_preset(sample_shape(ds))
-    run, cfg = run_configs(method, preset, **overrides)
+    if preset is None:
+        preset = m.default_preset(sample_shape(ds)); run, cfg = run_configs(method, preset, **overrides)
     std = standardize(ds) if data not in dataset_names() else None   # built-in data come in their own scale
     rank, world = dist_info()
     if run.batch_size % world:
