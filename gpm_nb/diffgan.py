@@ -16,7 +16,7 @@ from .train import all_mean_, dist_info
 from .monoflow import GANLoss
 from .data import as_data
 from .gpm import (sample_shape, method_inputs, DiscriminatorField, DiscrFlow, Generator, GaussianPrior, GAN, RunConfig, GANConfig,
-                        DiscrFlowConfig, Method, register, _check, positive, _net_kind, generator_net, free_particles, spread)
+                        DiscrFlowConfig, Method, register, _check, positive, _net_kind, generator_net, free_particles, spread, particle_eta)
 
 # %% auto #0
 __all__ = ['TS_DISTS', 'CONDS', 'SIGMA_N_RATIO', 'DIFFUSION_GAN_PRESETS', 'linear_betas', 'alphas_bar', 'diffuse',
@@ -274,7 +274,7 @@ def diffused_discr_flow(data, cfg:DiffusedDiscrFlowConfig=DiffusedDiscrFlowConfi
     "Discriminator Flow with a diffused discriminator field pushing free particles from N(0, I)."
     data = method_inputs(data, cfg, DiffusedDiscrFlowConfig, run); shape = sample_shape(data)
     if cfg.data_scale != 1: raise ValueError(f"the diffused flow runs at the data's own scale, where its sigma_n is resolved: data_scale must be 1, got {cfg.data_scale}")
-    return DiscrFlow(diffused_field(shape, cfg, cfg.t_emb, cfg.eta), free_particles(shape, cfg), data, run.batch_size, cfg.ema,
+    return DiscrFlow(diffused_field(shape, cfg, cfg.t_emb, particle_eta(cfg)), free_particles(shape, cfg), data, run.batch_size, cfg.ema,
                      cfg.bf16).to(device or default_device())
 
 # %% ../nbs/19_diffgan.ipynb #e2084c14

@@ -18,15 +18,16 @@ from .nets import MLP, ConvNet, ConvGenerator
 from .integrate import Field, FnField, integrate, as_grid
 from .metrics import energy_distance, sliced_w2, mmd, metric_floor, mode_stats
 from .train import Callback, LinearDecayCB, EMA
-from .monoflow import GAN_LOSSES, gan_loss
+from .monoflow import GAN_LOSSES, GANLoss, gan_loss
 
 # %% auto #0
-__all__ = ['GP_ON', 'positive', 'nonneg', 'init_std_rule', 'DF_SPREAD', 'METHODS', 'BUILTIN_METHOD_MODULES', 'DISCR_FLOW_PRESETS',
-           'GAN_PRESETS', 'DiscriminatorField', 'GaussianPrior', 'FreeParticles', 'per_sample_time',
-           'plain_random_states', 'push_loss', 'Generator', 'sample_shape', 'Recipe', 'flow_grid', 'ScaledData',
-           'spread', 'DiscrFlow', 'GAN', 'RunConfig', 'DiscriminatorConfig', 'DiscrFlowConfig', 'GANConfig', 'override',
-           'discriminator_net', 'generator_net', 'method_inputs', 'free_particles', 'discr_flow', 'resolve_data_scale',
-           'gan', 'schedule_cbs', 'Method', 'register', 'all_methods', 'get_method', 'out_of_range', 'evaluate']
+__all__ = ['GP_ON', 'positive', 'nonneg', 'init_std_rule', 'VANILLA_SPEED', 'DF_SPREAD', 'METHODS', 'BUILTIN_METHOD_MODULES',
+           'DISCR_FLOW_PRESETS', 'GAN_PRESETS', 'DiscriminatorField', 'GaussianPrior', 'FreeParticles',
+           'per_sample_time', 'plain_random_states', 'push_loss', 'Generator', 'sample_shape', 'Recipe', 'flow_grid',
+           'ScaledData', 'spread', 'DiscrFlow', 'GAN', 'RunConfig', 'DiscriminatorConfig', 'DiscrFlowConfig',
+           'GANConfig', 'override', 'discriminator_net', 'generator_net', 'method_inputs', 'equilibrium_speed',
+           'particle_eta', 'free_particles', 'discr_flow', 'resolve_data_scale', 'gan', 'schedule_cbs', 'Method',
+           'register', 'all_methods', 'get_method', 'out_of_range', 'evaluate']
 
 # %% ../nbs/16_gpm.ipynb #d58e02cd
 GP_ON = ('interp', 'real', 'fake')
@@ -370,7 +371,7 @@ class DiscriminatorConfig:
 class DiscrFlowConfig(DiscriminatorConfig):
     "Discriminator Flow: a discriminator config plus the flow (GPM's official 5-Gaussians config by default)."
     K: int = 56                # flow steps
-    eta: float = 20.           # step scale: each step moves eta/K times the field
+    eta: float = 20.           # step scale: each step moves eta/K times the field (the vanilla loss's; `particle_eta`)
     t_emb: int = 128           # Fourier time-embedding size
     bf16: bool = False         # flow in bfloat16 matrix products (the discriminator trains in float32)
     grid_power: float = 1.     # flow times t_k = 1 - (1 - (k/K)^grid_power)^grid_anneal (`flow_grid`):
@@ -444,6 +445,19 @@ def method_inputs(data, # has `sample(n, device)`, or a tensor / numpy array of 
     if not isinstance(run, RunConfig): raise TypeError(f"run must be an instance of RunConfig, got {type(run).__name__}: builders take (data, cfg, run, device)")
     return as_data(data)
 
+# %% ../nbs/16_gpm.ipynb #551b43cd
+VANILLA_SPEED = 0.5   # h'(0) of the vanilla loss, sigmoid(0)
+
+def equilibrium_speed(loss:GANLoss) -> float:
+    "h'(0) of a GAN loss (by autograd): how fast MonoFlow's particles move per unit of grad log r where p = q, eq. (6)."
+    d = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    return torch.autograd.grad(loss.h(d), d)[0].item()
+
+def particle_eta(cfg:DiscrFlowConfig) -> float:
+    "The step scale of a Discriminator Flow field: `cfg.eta` for the vanilla loss, scaled to its speed at p = q for every loss whose logit estimates log r (eq. 7); hinge and IPM take `cfg.eta` as it is."
+    loss = gan_loss(cfg.loss, cfg.shift)
+    return cfg.eta * VANILLA_SPEED / equilibrium_speed(loss) if loss.estimates == 'log r' else cfg.eta
+
 # %% ../nbs/16_gpm.ipynb #6786bd89
 def _field(shape, cfg:DiscriminatorConfig, t_emb:int, eta:float) -> DiscriminatorField:
     return DiscriminatorField(discriminator_net(shape, cfg, t_emb), cfg.loss, cfg.shift, cfg.lr, (cfg.beta1, cfg.beta2),
@@ -461,7 +475,7 @@ def discr_flow(data, # has `sample(n, device)`, or a tensor / array of samples
     "Discriminator Flow: a time-conditioned discriminator field pushing free particles from N(0, I)."
     data = method_inputs(data, cfg, DiscrFlowConfig, run); shape = sample_shape(data)
     if not cfg.data_scale: raise ValueError("data_scale must be set: give it, or derive it from the data with `resolve_data_scale`")
-    return DiscrFlow(_field(shape, cfg, cfg.t_emb, cfg.eta), free_particles(shape, cfg), data, run.batch_size, cfg.ema,
+    return DiscrFlow(_field(shape, cfg, cfg.t_emb, particle_eta(cfg)), free_particles(shape, cfg), data, run.batch_size, cfg.ema,
                      cfg.bf16, cfg.data_scale).to(device or default_device())
 
 DF_SPREAD = 2.2   # the `spread` Discriminator Flow's presets were tuned at: the 5 Gaussians' (2.18)

@@ -10,7 +10,7 @@ from gpm_nb.gpm import (DiscriminatorField, GaussianPrior, FreeParticles, Genera
                         RunConfig, DiscriminatorConfig, DiscrFlowConfig, GANConfig, override, discriminator_net,
                         generator_net, discr_flow, gan, schedule_cbs, Method, METHODS, register, get_method, all_methods,
                         out_of_range, evaluate, gan_loss, GAN_LOSSES, DISCR_FLOW_PRESETS, GAN_PRESETS,
-                        plain_random_states, per_sample_time, flow_grid, resolve_data_scale)
+                        plain_random_states, per_sample_time, flow_grid, resolve_data_scale, particle_eta)
 from gpm_nb.train import Trainer, CheckpointCB, load_checkpoint, LinearDecayCB
 
 DF_RUN, DF_CFG = DISCR_FLOW_PRESETS['quick']
@@ -433,6 +433,16 @@ def test_bf16_flow_is_close_to_float32_and_trains_in_float32():
     assert (a - b).abs().max() < 0.05 * b.abs().max()
     m.train_step()
     assert all(p.dtype == torch.float32 for p in m.field.parameters())
+
+@pytest.mark.parametrize('loss', LOSSES)
+def test_free_particles_move_at_one_speed_for_every_log_ratio_loss(loss):
+    "Discriminator Flow's field runs at eta * 1/2 / h'(0) for the losses whose logit estimates log r (half eta for logit and arcsinh), at eta for hinge and IPM; the GAN's field keeps 1."
+    shift = 5. if loss == 'saturating' else 0.
+    cfg = replace(DF_CFG, loss=loss, shift=shift, eta=40.)
+    want = {'vanilla': 40., 'logit': 20., 'arcsinh': 20., 'saturating': 20. * (1 + math.exp(-5)), 'hinge': 40., 'ipm': 40.}[loss]
+    assert math.isclose(particle_eta(cfg), want, rel_tol=1e-9)
+    assert math.isclose(discr_flow(gaussians5(), cfg, DF_RUN, device='cpu').field.eta, want, rel_tol=1e-9)
+    assert gan(gaussians5(), replace(GAN_CFG, loss=loss, shift=shift), GAN_RUN, device='cpu').field.eta == 1.
 
 def test_discr_flow_training_improves_energy():
     seed_everything(0); p = gaussians5(); m = discr_flow(p, DF_CFG, DF_RUN, device='cpu')
