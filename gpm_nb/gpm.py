@@ -377,10 +377,12 @@ class DiscrFlowConfig(DiscriminatorConfig):
     grid_power: float = 1.     # flow times t_k = 1 - (1 - (k/K)^grid_power)^grid_anneal (`flow_grid`):
     grid_anneal: float = 1.    # power < 1 or anneal > 1 take large steps first and small ones last
     data_scale: float = 1.     # the flow runs on the data times this; 0: derived when a run starts (`resolve_data_scale`)
+    prior_std: float = 1.      # the particles start from N(0, prior_std^2 I), in the flow's scale
     def __post_init__(self):
         super().__post_init__()
         _check(self, K=positive, eta=(lambda v: v > 0, '> 0'), t_emb=(lambda v: v >= 2 and v % 2 == 0, 'even and >= 2'),
-               grid_power=(lambda v: v > 0, '> 0'), grid_anneal=(lambda v: v > 0, '> 0'), data_scale=nonneg)
+               grid_power=(lambda v: v > 0, '> 0'), grid_anneal=(lambda v: v > 0, '> 0'), data_scale=nonneg,
+               prior_std=(lambda v: v > 0, '> 0'))
 
 @dataclass(frozen=True)
 class GANConfig(DiscriminatorConfig):
@@ -464,9 +466,9 @@ def _field(shape, cfg:DiscriminatorConfig, t_emb:int, eta:float) -> Discriminato
                               cfg.gp, cfg.gp_center, cfg.gp_on, eta)
 
 def free_particles(shape:tuple, cfg:DiscrFlowConfig) -> FreeParticles:
-    "Discriminator Flow's pusher for samples of `shape`: N(0, I) draws moved over the grid of `cfg` (`flow_grid`), and over its kind for other steps."
+    "Discriminator Flow's pusher for samples of `shape`: N(0, prior_std^2 I) draws moved over the grid of `cfg` (`flow_grid`), and over its kind for other steps."
     make_grid = partial(flow_grid, power=cfg.grid_power, anneal=cfg.grid_anneal)   # steps -> grid
-    return FreeParticles(GaussianPrior(shape), make_grid(cfg.K), regrid=make_grid)
+    return FreeParticles(GaussianPrior(shape, cfg.prior_std), make_grid(cfg.K), regrid=make_grid)
 
 def discr_flow(data, # has `sample(n, device)`, or a tensor / array of samples
                cfg:DiscrFlowConfig=DiscrFlowConfig(), # method hyperparameters

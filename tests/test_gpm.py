@@ -128,6 +128,7 @@ def test_configs_are_frozen(cls):
     (lambda: DiscrFlowConfig(K=0), 'config field K must be >= 1, got 0'),
     (lambda: DiscrFlowConfig(eta=-1.), 'config field eta must be > 0'),
     (lambda: DiscrFlowConfig(t_emb=3), 'config field t_emb must be even'),
+    (lambda: DiscrFlowConfig(prior_std=0.), 'config field prior_std must be > 0, got 0.0'),
     (lambda: DiscriminatorConfig(gp=-1.), 'config field gp must be >= 0, got -1.0'),
     (lambda: DiscriminatorConfig(init_std=-0.02), r"config field init_std must be >= 0 \(0: PyTorch's default init\), got -0.02"),
     (lambda: DiscrFlowConfig(loss='wgan'), "unknown GAN loss 'wgan': choose one of vanilla, logit, arcsinh, saturating, hinge, ipm"),
@@ -416,6 +417,18 @@ def test_flow_grid_and_sampling_with_other_steps():
         torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match='grid_power must be > 0'): DiscrFlowConfig(grid_power=0.)
     with pytest.raises(ValueError, match='grid_anneal must be > 0'): DiscrFlowConfig(grid_anneal=-1.)
+
+def test_prior_std_sets_where_the_particles_start():
+    "prior_std: the flow starts from N(0, prior_std^2 I) in the flow's scale; the same noise, scaled, moved by the same field."
+    seed_everything(0); a = build_df()
+    seed_everything(0); b = build_df(prior_std=2.5)
+    assert a.particles.prior.std == 1. and b.particles.prior.std == 2.5
+    torch.manual_seed(1); z = b.particles.prior.sample(20000, 'cpu')
+    assert abs(z.std().item() - 2.5) < 0.05
+    torch.manual_seed(4); za = a.particles.prior.sample(8, 'cpu')
+    torch.manual_seed(4); torch.testing.assert_close(b.particles.prior.sample(8, 'cpu'), 2.5 * za)
+    torch.manual_seed(4); xb = b.sample(8)
+    with torch.no_grad(): torch.testing.assert_close(xb, integrate(per_sample_time(b.field), 2.5 * za, b.particles.grid) / b.data_scale)
 
 def test_per_sample_time_materialises_a_shared_time():
     seen = []

@@ -3,7 +3,7 @@ import json
 from pathlib import Path
 from dataclasses import replace
 import pytest
-from gpm_nb.report import (run_cli, run_key, steps_args, check_runs, verdict, toy_table, toy_scatter, run_label, digits_table, report_toys,
+from gpm_nb.report import (run_cli, run_key, preset_repr, same_run, steps_args, check_runs, verdict, toy_table, toy_scatter, run_label, digits_table, report_toys,
                            clusters, clusters_file)
 from gpm_nb.gpm import METHODS
 
@@ -61,6 +61,24 @@ def test_run_cli_trains_again_when_the_command_or_the_preset_changed(tmp_path, m
     (out/'samples.npy').unlink()
     r3, _ = run_cli(tmp_path, *args[:4], '4', *args[5:], tag='t')
     assert r3['key']['preset_def'] != r2['key']['preset_def'] and (out/'samples.npy').exists()   # trained again
+
+def test_run_cli_reuses_a_run_made_before_a_config_field_existed(tmp_path, monkeypatch):
+    "A run cached before a field was added (its key lacks the field) is reused while the preset leaves the field at its default."
+    args = ('quick', 'discr_flow', 'gaussians5', '--steps', '3', '--n_samples', '64')
+    r, out = run_cli(tmp_path, *args, tag='t')
+    assert r['status'] == 0 and 'prior_std=1.0' in r['key']['preset_def'], r['err']
+    m = METHODS['discr_flow']
+    old = preset_repr(m.presets['quick'], ['prior_std'])                                 # the key before prior_std existed
+    assert old != r['key']['preset_def'] and 'prior_std' not in old
+    (out/'report.json').write_text(json.dumps(dict(r, key=dict(r['key'], preset_def=old))))
+    (out/'samples.npy').unlink()
+    r2, _ = run_cli(tmp_path, *args, tag='t')
+    assert r2['key']['preset_def'] == old and not (out/'samples.npy').exists()             # reused: nothing trained
+    run, cfg = m.presets['quick']
+    monkeypatch.setitem(m.presets, 'quick', (run, replace(cfg, prior_std=2.)))              # the new field away from its default
+    r3, _ = run_cli(tmp_path, *args, tag='t')
+    assert r3['key']['preset_def'] == repr(m.presets['quick']) and (out/'samples.npy').exists()   # trained again
+    assert not same_run(dict(r['key'], args=[*r['key']['args'], '--seed', '1']), r['key'])   # another command is never the same run
 
 def test_run_cli_trains_again_after_a_run_stopped_before_its_report(tmp_path):
     "A report interrupted mid-run leaves a run folder without report.json: the next call trains it anew, not `gpm_train`'s refusal."
