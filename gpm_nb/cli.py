@@ -45,7 +45,8 @@ def standardize(data) -> Standardized:
 
 # %% ../nbs/20_cli.ipynb #e8ca3de2
 class DataShape:
-    "Stand-in for the data when only its shape is needed (building a model to sample from)."
+    "Stand-in for the data when only its shape is needed (building a model to sample from); nothing is fitted to it (`placeholder`)."
+    placeholder = True
     def __init__(self, shape:tuple): self.shape = tuple(shape)
     def sample(self, n:int, device=None): return torch.zeros(n, *self.shape, device=device)
 

@@ -21,13 +21,13 @@ from .train import Callback, LinearDecayCB, EMA
 from .monoflow import GAN_LOSSES, GANLoss, gan_loss
 
 # %% auto #0
-__all__ = ['GP_ON', 'positive', 'nonneg', 'init_std_rule', 'VANILLA_SPEED', 'DF_SPREAD', 'METHODS', 'BUILTIN_METHOD_MODULES',
-           'DISCR_FLOW_PRESETS', 'GAN_PRESETS', 'DiscriminatorField', 'GaussianPrior', 'FreeParticles',
-           'per_sample_time', 'plain_random_states', 'push_loss', 'Generator', 'sample_shape', 'Recipe', 'flow_grid',
-           'ScaledData', 'spread', 'DiscrFlow', 'GAN', 'RunConfig', 'DiscriminatorConfig', 'DiscrFlowConfig',
-           'GANConfig', 'override', 'discriminator_net', 'generator_net', 'method_inputs', 'equilibrium_speed',
-           'particle_eta', 'free_particles', 'discr_flow', 'resolve_data_scale', 'gan', 'schedule_cbs', 'Method',
-           'register', 'all_methods', 'get_method', 'out_of_range', 'evaluate']
+__all__ = ['GP_ON', 'positive', 'nonneg', 'init_std_rule', 'PRIORS', 'VANILLA_SPEED', 'DF_SPREAD', 'METHODS',
+           'BUILTIN_METHOD_MODULES', 'DISCR_FLOW_PRESETS', 'GAN_PRESETS', 'DiscriminatorField', 'GaussianPrior',
+           'MomentPrior', 'FreeParticles', 'per_sample_time', 'plain_random_states', 'push_loss', 'Generator',
+           'sample_shape', 'Recipe', 'flow_grid', 'ScaledData', 'spread', 'DiscrFlow', 'GAN', 'RunConfig',
+           'DiscriminatorConfig', 'DiscrFlowConfig', 'GANConfig', 'override', 'discriminator_net', 'generator_net',
+           'method_inputs', 'equilibrium_speed', 'particle_eta', 'free_particles', 'discr_flow', 'resolve_data_scale',
+           'gan', 'schedule_cbs', 'Method', 'register', 'all_methods', 'get_method', 'out_of_range', 'evaluate']
 
 # %% ../nbs/16_gpm.ipynb #d58e02cd
 GP_ON = ('interp', 'real', 'fake')
@@ -91,6 +91,33 @@ class GaussianPrior:
     def sample(self, n:int, device=None) -> Tensor:
         return self.std * torch.randn(n, *self.shape, device=device or default_device())
     def __repr__(self): return f"GaussianPrior(shape={self.shape}, std={self.std:g})"
+
+# %% ../nbs/16_gpm.ipynb #ca25588e
+class MomentPrior(nn.Module):
+    "The prior N(m, std^2 S) with the mean m and covariance S of vector data (times `scale`), fitted from `n_fit` samples; buffers, so a checkpoint keeps them."
+    def __init__(self, data, # has `sample(n, device)`; one with `placeholder` set (a run rebuilt to load its checkpoint) is not fitted
+                 shape:tuple, # the samples' shape: (d,)
+                 std:float=1., # s: the covariance is scaled by s^2
+                 scale:float=1., # fit the data times this (Discriminator Flow's `data_scale`)
+                 n_fit:int=20_000):
+        super().__init__()
+        if len(shape) != 1: raise ValueError(f"the 'moments' prior is for vector data (n, d), not samples of shape {tuple(shape)}: use the 'normal' prior")
+        if not std > 0: raise ValueError(f"the prior std must be > 0, got {std}")
+        self.shape, self.std, d = tuple(shape), float(std), shape[0]
+        mean, chol = torch.zeros(d, dtype=torch.float64), torch.eye(d, dtype=torch.float64)
+        if not getattr(data, 'placeholder', False):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0); x = scale * data.sample(n_fit, device='cpu').double()
+            mean, cov = x.mean(0), torch.cov(x.T).reshape(d, d)
+            chol, info = torch.linalg.cholesky_ex(cov)
+            if info or not torch.isfinite(chol).all():
+                raise ValueError("the data's covariance is singular (a coordinate is constant or two are collinear): the 'moments' prior needs data that fill every direction; use the 'normal' prior")
+        self.register_buffer('mean', mean.float()); self.register_buffer('chol', chol.float())
+    def sample(self, n:int, device=None) -> Tensor:
+        z = torch.randn(n, *self.shape, device=device or default_device())
+        return self.mean.to(z.device) + self.std * z @ self.chol.to(z.device).T
+    def __repr__(self): return f"MomentPrior(shape={self.shape}, std={self.std:g})"
+
 
 # %% ../nbs/16_gpm.ipynb #29bc3e2c
 class FreeParticles:
@@ -247,6 +274,7 @@ class DiscrFlow(Recipe):
         super().__init__(data if data_scale == 1 else ScaledData(data, data_scale), batch_size)
         self.field, self.particles, self.bf16, self.data_scale = field, particles, bf16, data_scale
         self.field_ema = EMA(field, ema) if ema else None
+        if isinstance(particles.prior, nn.Module): self.prior = particles.prior   # a fitted prior's buffers go into the checkpoint
     @property
     def K(self): return len(self.particles.grid) - 1
     @property
@@ -367,6 +395,8 @@ class DiscriminatorConfig:
                ema=(lambda v: 0 <= v < 1, 'in [0, 1)'))
 
 # %% ../nbs/16_gpm.ipynb #d148b339
+PRIORS = ('normal', 'moments')   # Discriminator Flow's priors (`free_particles`)
+
 @dataclass(frozen=True)
 class DiscrFlowConfig(DiscriminatorConfig):
     "Discriminator Flow: a discriminator config plus the flow (GPM's official 5-Gaussians config by default)."
@@ -377,9 +407,11 @@ class DiscrFlowConfig(DiscriminatorConfig):
     grid_power: float = 1.     # flow times t_k = 1 - (1 - (k/K)^grid_power)^grid_anneal (`flow_grid`):
     grid_anneal: float = 1.    # power < 1 or anneal > 1 take large steps first and small ones last
     data_scale: float = 1.     # the flow runs on the data times this; 0: derived when a run starts (`resolve_data_scale`)
-    prior_std: float = 1.      # the particles start from N(0, prior_std^2 I), in the flow's scale
+    prior: str = 'normal'      # the particles start from 'normal': N(0, prior_std^2 I), or 'moments': N(m, prior_std^2 S), the data's mean and covariance (`MomentPrior`), in the flow's scale
+    prior_std: float = 1.
     def __post_init__(self):
         super().__post_init__()
+        if self.prior not in PRIORS: raise ValueError(f"config field prior must be one of {', '.join(PRIORS)}, got {self.prior!r}")
         _check(self, K=positive, eta=(lambda v: v > 0, '> 0'), t_emb=(lambda v: v >= 2 and v % 2 == 0, 'even and >= 2'),
                grid_power=(lambda v: v > 0, '> 0'), grid_anneal=(lambda v: v > 0, '> 0'), data_scale=nonneg,
                prior_std=(lambda v: v > 0, '> 0'))
@@ -465,10 +497,11 @@ def _field(shape, cfg:DiscriminatorConfig, t_emb:int, eta:float) -> Discriminato
     return DiscriminatorField(discriminator_net(shape, cfg, t_emb), cfg.loss, cfg.shift, cfg.lr, (cfg.beta1, cfg.beta2),
                               cfg.gp, cfg.gp_center, cfg.gp_on, eta)
 
-def free_particles(shape:tuple, cfg:DiscrFlowConfig) -> FreeParticles:
-    "Discriminator Flow's pusher for samples of `shape`: N(0, prior_std^2 I) draws moved over the grid of `cfg` (`flow_grid`), and over its kind for other steps."
+def free_particles(shape:tuple, cfg:DiscrFlowConfig, data=None) -> FreeParticles:
+    "Discriminator Flow's pusher for samples of `shape`: draws of the prior of `cfg` (fitted to `data` for 'moments') moved over its grid (`flow_grid`), and over its kind for other steps."
     make_grid = partial(flow_grid, power=cfg.grid_power, anneal=cfg.grid_anneal)   # steps -> grid
-    return FreeParticles(GaussianPrior(shape, cfg.prior_std), make_grid(cfg.K), regrid=make_grid)
+    prior = (GaussianPrior(shape, cfg.prior_std) if cfg.prior == 'normal' else MomentPrior(data, shape, cfg.prior_std, cfg.data_scale))
+    return FreeParticles(prior, make_grid(cfg.K), regrid=make_grid)
 
 def discr_flow(data, # has `sample(n, device)`, or a tensor / array of samples
                cfg:DiscrFlowConfig=DiscrFlowConfig(), # method hyperparameters
@@ -477,7 +510,7 @@ def discr_flow(data, # has `sample(n, device)`, or a tensor / array of samples
     "Discriminator Flow: a time-conditioned discriminator field pushing free particles from N(0, I)."
     data = method_inputs(data, cfg, DiscrFlowConfig, run); shape = sample_shape(data)
     if not cfg.data_scale: raise ValueError("data_scale must be set: give it, or derive it from the data with `resolve_data_scale`")
-    return DiscrFlow(_field(shape, cfg, cfg.t_emb, particle_eta(cfg)), free_particles(shape, cfg), data, run.batch_size, cfg.ema,
+    return DiscrFlow(_field(shape, cfg, cfg.t_emb, particle_eta(cfg)), free_particles(shape, cfg, data), data, run.batch_size, cfg.ema,
                      cfg.bf16, cfg.data_scale).to(device or default_device())
 
 DF_SPREAD = 2.2   # the `spread` Discriminator Flow's presets were tuned at: the 5 Gaussians' (2.18)

@@ -3,7 +3,7 @@ import json, os, re, subprocess, sys
 from dataclasses import asdict
 import numpy as np, pytest, torch
 from gpm_nb.core import seed_everything
-from gpm_nb.data import ArrayData, load_digits
+from gpm_nb.data import ArrayData, load_digits, get_dataset
 from gpm_nb.gpm import METHODS, all_methods, RunConfig, DiscrFlow, flow_grid, spread
 from gpm_nb.train import read_checkpoint, load_checkpoint, NonFiniteLossError, CheckpointError
 from gpm_nb.cli import (train, make_run, run_configs, standardize, sample_run, load_run, bench, bench_compare, gpm_train, gpm_sample, gpm_bench,
@@ -44,6 +44,19 @@ def test_load_run_rebuilds_the_trained_model(tmp_path):
     with pytest.raises(ValueError, match='unknown config field'): load_run(out, grid_anneall=2.)
     with pytest.raises(CheckpointError, match='no checkpoint at'): load_run(tmp_path/'nothing')
 
+
+def test_moment_prior_is_fitted_to_the_data_and_kept_in_the_checkpoint(tmp_path):
+    "--prior moments: the particles start from the data's mean and covariance in the flow's scale; load_run restores that prior, not a refit."
+    out = tmp_path/'r'
+    train(**{**quick(steps=5, n_samples=64), 'data': 'gaussians_uneven'}, out=out, prior='moments')
+    model, config = load_run(out)
+    c, q = config['cfg']['data_scale'], get_dataset('gaussians_uneven')
+    assert config['cfg']['prior'] == 'moments' and {'prior.mean', 'prior.chol'} <= set(weights(out))
+    torch.testing.assert_close(model.prior.mean, c * q.mean().float(), atol=0.05, rtol=0)
+    torch.testing.assert_close(model.prior.chol @ model.prior.chol.T, c * c * q.cov().float(), atol=0.2, rtol=0)
+    assert same_state(model.state_dict(), weights(out)) and model.particles.prior is model.prior
+    torch.manual_seed(0); z = model.particles.prior.sample(20000, 'cpu')
+    torch.testing.assert_close(z.mean(0), model.prior.mean, atol=0.05, rtol=0)
 
 @pytest.mark.parametrize('method', METHOD_NAMES)
 def test_train_writes_the_run_folder(tmp_path, method):
@@ -319,6 +332,8 @@ def test_digits_run_with_evaluations_is_not_declared_diverged(tmp_path):
     (('--method', 'gan', '--K', '3'), 'unknown config field K: the fields are '),
     (('--K', 'many'), "config field K takes an int, got 'many'"),
     (('--gp', '-1'), 'config field gp must be >= 0'),
+    (('--prior', 'fitted'), 'config field prior must be one of normal, moments'),
+    (('--data', 'digits', '--prior', 'moments'), "the 'moments' prior is for vector data"),
     (('--lr_decay', '2'), 'config field lr_decay must be in [0, 1]'),
     (('--steps',), '--steps needs a value'),
     (('stray',), "unexpected argument 'stray'")])
