@@ -176,7 +176,8 @@ def far_from_data(m:dict, # final metrics: `energy` and its real-vs-real `energy
     return (f"the samples do not fit the data: their energy distance, {e:.3g}, is {e / f:.0f}x the real-vs-real floor ({f:.2g}), "
             "where runs that fit end within about 10x. See samples.png; train longer (--steps), lower the learning rate (--lr), "
             "or, for Discriminator Flow, anneal the flow's last steps (--grid_anneal 2) or strengthen the gradient penalty (--gp 1), "
-            "each of which fits tight clusters closer (34_report_arrays)")
+            "each of which fits tight clusters closer (34_report_arrays); on vector data whose clusters carry unequal mass, "
+            "start its particles from the data's moments (--prior moments, 38_report_weights)")
 
 # %% ../nbs/20_cli.ipynb #b2370f74
 def _resume_settings(out:Path, method:str|None, data:str|None, preset:str|None, image_size:int|None, overrides:dict) -> tuple:
