@@ -271,7 +271,7 @@ def diffusion_gan(data, # has `sample(n, device)`
 
 def diffused_discr_flow(data, cfg:DiffusedDiscrFlowConfig=DiffusedDiscrFlowConfig(sigma_n=0.2), run:RunConfig=RunConfig(),
                         device=None) -> DiscrFlow:
-    "Discriminator Flow with a diffused discriminator field pushing free particles from N(0, I)."
+    "Discriminator Flow with a diffused discriminator field pushing free particles from its prior (N(0, I) by default)."
     data = method_inputs(data, cfg, DiffusedDiscrFlowConfig, run); shape = sample_shape(data)
     if cfg.data_scale != 1: raise ValueError(f"the diffused flow runs at the data's own scale, where its sigma_n is resolved: data_scale must be 1, got {cfg.data_scale}")
     return DiscrFlow(diffused_field(shape, cfg, cfg.t_emb, particle_eta(cfg)), free_particles(shape, cfg, data), data, run.batch_size, cfg.ema,

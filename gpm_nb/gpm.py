@@ -408,7 +408,7 @@ class DiscrFlowConfig(DiscriminatorConfig):
     grid_anneal: float = 1.    # power < 1 or anneal > 1 take large steps first and small ones last
     data_scale: float = 1.     # the flow runs on the data times this; 0: derived when a run starts (`resolve_data_scale`)
     prior: str = 'normal'      # the particles start from 'normal': N(0, prior_std^2 I), or 'moments': N(m, prior_std^2 S), the data's mean and covariance (`MomentPrior`), in the flow's scale
-    prior_std: float = 1.
+    prior_std: float = 1.      # the prior's scale s
     def __post_init__(self):
         super().__post_init__()
         if self.prior not in PRIORS: raise ValueError(f"config field prior must be one of {', '.join(PRIORS)}, got {self.prior!r}")
@@ -507,7 +507,7 @@ def discr_flow(data, # has `sample(n, device)`, or a tensor / array of samples
                cfg:DiscrFlowConfig=DiscrFlowConfig(), # method hyperparameters
                run:RunConfig=RunConfig(), # run settings (the batch size)
                device=None) -> DiscrFlow:
-    "Discriminator Flow: a time-conditioned discriminator field pushing free particles from N(0, I)."
+    "Discriminator Flow: a time-conditioned discriminator field pushing free particles from its prior (N(0, I) by default)."
     data = method_inputs(data, cfg, DiscrFlowConfig, run); shape = sample_shape(data)
     if not cfg.data_scale: raise ValueError("data_scale must be set: give it, or derive it from the data with `resolve_data_scale`")
     return DiscrFlow(_field(shape, cfg, cfg.t_emb, particle_eta(cfg)), free_particles(shape, cfg, data), data, run.batch_size, cfg.ema,
