@@ -93,17 +93,17 @@ class GaussianPrior:
     def __repr__(self): return f"GaussianPrior(shape={self.shape}, std={self.std:g})"
 
 # %% ../nbs/16_gpm.ipynb #ca25588e
-class MomentPrior(nn.Module):
-    "The prior N(m, std^2 S) with the mean m and covariance S of vector data (times `scale`), fitted from `n_fit` samples; buffers, so a checkpoint keeps them."
+class MomentPrior(nn.Module, GaussianPrior):
+    "The prior m + L z, z ~ `GaussianPrior`: N(m, std^2 S) with the mean m and covariance S = L L^T of vector data (times `scale`), fitted from `n_fit` samples; buffers, so a checkpoint keeps them."
     def __init__(self, data, # has `sample(n, device)`; one with `placeholder` set (a run rebuilt to load its checkpoint) is not fitted
                  shape:tuple, # the samples' shape: (d,)
                  std:float=1., # s: the covariance is scaled by s^2
                  scale:float=1., # fit the data times this (Discriminator Flow's `data_scale`)
                  n_fit:int=20_000):
-        super().__init__()
+        nn.Module.__init__(self); GaussianPrior.__init__(self, shape, std)
         if len(shape) != 1: raise ValueError(f"the 'moments' prior is for vector data (n, d), not samples of shape {tuple(shape)}: use the 'normal' prior")
-        if not std > 0: raise ValueError(f"the prior std must be > 0, got {std}")
-        self.shape, self.std, d = tuple(shape), float(std), shape[0]
+        if data is None: raise ValueError("the 'moments' prior is fitted to data: pass the data (or a stand-in with `placeholder` set)")
+        d = shape[0]
         mean, chol = torch.zeros(d, dtype=torch.float64), torch.eye(d, dtype=torch.float64)
         if not getattr(data, 'placeholder', False):
             with torch.random.fork_rng(devices=[]):
@@ -114,8 +114,8 @@ class MomentPrior(nn.Module):
                 raise ValueError("the data's covariance is singular (a coordinate is constant or two are collinear): the 'moments' prior needs data that fill every direction; use the 'normal' prior")
         self.register_buffer('mean', mean.float()); self.register_buffer('chol', chol.float())
     def sample(self, n:int, device=None) -> Tensor:
-        z = torch.randn(n, *self.shape, device=device or default_device())
-        return self.mean.to(z.device) + self.std * z @ self.chol.to(z.device).T
+        z = GaussianPrior.sample(self, n, device)
+        return self.mean.to(z.device) + z @ self.chol.to(z.device).T
     def __repr__(self): return f"MomentPrior(shape={self.shape}, std={self.std:g})"
 
 

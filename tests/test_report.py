@@ -3,7 +3,7 @@ import json
 from pathlib import Path
 from dataclasses import replace
 import pytest
-from gpm_nb.report import (run_cli, run_key, preset_repr, same_run, steps_args, check_runs, verdict, toy_table, toy_scatter, run_label, digits_table, report_toys,
+from gpm_nb.report import (run_cli, run_key, preset_repr, same_run, extra_tag, steps_args, check_runs, verdict, toy_table, toy_scatter, run_label, digits_table, report_toys,
                            clusters, clusters_file)
 from gpm_nb.gpm import METHODS
 
@@ -23,6 +23,9 @@ def test_verdict_of_a_failed_run_gives_its_reason():
     r = dict(method='gan', data='moons', status=3, err='Traceback ... boom', diverged='particles left the data at step 900')
     assert verdict(r) == (False, 'exit 3: particles left the data at step 900')
     assert verdict(dict(r, diverged=None)) == (False, 'exit 3: Traceback ... boom')
+
+def test_extra_tag_names_a_run_after_its_extra_arguments():
+    assert extra_tag('--gp', '1') == 'gp-1' and extra_tag('--prior_std', 2.2) == 'prior_std-2.2' and extra_tag() == ''
 
 def test_steps_args_gives_a_method_its_own_steps_or_none():
     steps = {'edm': 1500}
