@@ -71,6 +71,8 @@ def make_run(method:str, data:str, preset:str|None, # None: the method's default
     if preset is None:
         preset = m.default_preset(sample_shape(ds)); run, cfg = run_configs(method, preset, **overrides)
     std = standardize(ds) if data not in dataset_names() else None   # built-in data come in their own scale
+    if getattr(cfg, 'x_emb', 0) and len(sample_shape(ds)) > 1 and 'x_emb' not in overrides:
+        cfg = replace(cfg, x_emb=0)       # a preset's Fourier input features serve the MLPs of vector data; images take conv nets
     rank, world = dist_info()
     if run.batch_size % world:
         raise ValueError(f"batch_size {run.batch_size} is not a multiple of the {world} processes: each draws batch_size / {world} per step")

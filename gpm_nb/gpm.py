@@ -21,13 +21,14 @@ from .train import Callback, LinearDecayCB, EMA
 from .monoflow import GAN_LOSSES, GANLoss, gan_loss
 
 # %% auto #0
-__all__ = ['GP_ON', 'positive', 'nonneg', 'init_std_rule', 'PRIORS', 'VANILLA_SPEED', 'DF_SPREAD', 'METHODS',
+__all__ = ['GP_ON', 'positive', 'nonneg', 'init_std_rule', 'X_EMB_RULE', 'PRIORS', 'VANILLA_SPEED', 'DF_SPREAD', 'METHODS',
            'BUILTIN_METHOD_MODULES', 'DISCR_FLOW_PRESETS', 'GAN_PRESETS', 'DiscriminatorField', 'GaussianPrior',
            'MomentPrior', 'FreeParticles', 'per_sample_time', 'plain_random_states', 'push_loss', 'Generator',
            'sample_shape', 'Recipe', 'flow_grid', 'ScaledData', 'spread', 'DiscrFlow', 'GAN', 'RunConfig',
-           'DiscriminatorConfig', 'DiscrFlowConfig', 'GANConfig', 'override', 'discriminator_net', 'generator_net',
-           'method_inputs', 'equilibrium_speed', 'particle_eta', 'free_particles', 'discr_flow', 'resolve_data_scale',
-           'gan', 'schedule_cbs', 'Method', 'register', 'all_methods', 'get_method', 'out_of_range', 'evaluate']
+           'DiscriminatorConfig', 'DiscrFlowConfig', 'GANConfig', 'override', 'no_input_features', 'discriminator_net',
+           'generator_net', 'method_inputs', 'equilibrium_speed', 'particle_eta', 'free_particles', 'discr_flow',
+           'resolve_data_scale', 'gan', 'schedule_cbs', 'Method', 'register', 'all_methods', 'get_method',
+           'out_of_range', 'evaluate']
 
 # %% ../nbs/16_gpm.ipynb #d58e02cd
 GP_ON = ('interp', 'real', 'fake')
@@ -356,6 +357,7 @@ def _check(cfg, **rules):
 positive = (lambda v: v >= 1, '>= 1')
 nonneg = (lambda v: v >= 0, '>= 0')
 init_std_rule = (lambda v: v >= 0, ">= 0 (0: PyTorch's default init)")
+X_EMB_RULE = (lambda v: v >= 0 and v % 2 == 0, 'even and >= 0 (0: no input features)')
 
 # %% ../nbs/16_gpm.ipynb #80b5bddd
 @dataclass(frozen=True)
@@ -387,12 +389,14 @@ class DiscriminatorConfig:
     gp_center: float = 0.      # penalty (||grad D|| - gp_center)^2
     gp_on: str = 'interp'      # penalty points: interp, real or fake
     ema: float = 0.            # decay of the weight average used to sample (0: none)
+    x_emb: int = 0             # Fourier features of x in the MLP (`InputFeatures`, 03_nets eq. 2); 0: none
+    x_freq: float = 1.         # std of their frequencies, per unit of the network's input
     def __post_init__(self):
         gan_loss(self.loss, self.shift)
         if self.gp_on not in GP_ON: raise ValueError(f"config field gp_on must be one of {', '.join(GP_ON)}, got {self.gp_on!r}")
         _check(self, width=positive, depth=positive, init_std=init_std_rule, lr=(lambda v: v > 0, '> 0'),
                beta1=(lambda v: 0 <= v < 1, 'in [0, 1)'), beta2=(lambda v: 0 <= v < 1, 'in [0, 1)'), gp=nonneg,
-               ema=(lambda v: 0 <= v < 1, 'in [0, 1)'))
+               ema=(lambda v: 0 <= v < 1, 'in [0, 1)'), x_emb=X_EMB_RULE, x_freq=(lambda v: v > 0, '> 0'))
 
 # %% ../nbs/16_gpm.ipynb #d148b339
 PRIORS = ('normal', 'moments')   # Discriminator Flow's priors (`free_particles`)
@@ -459,9 +463,16 @@ def _net_kind(shape:tuple, what:str) -> str:
     raise ValueError(f"no {what} for samples of shape {shape}: the networks take vectors (d,) "
                      "or square images (c, s, s) with s in 8, 28, 32, 64")
 
+def no_input_features(cfg):
+    "A `ValueError` when `cfg` asks for Fourier features of the input (`x_emb`), which only the MLPs of vector data take."
+    if getattr(cfg, 'x_emb', 0): raise ValueError(f"x_emb={cfg.x_emb}: Fourier features of the input are for the MLPs of vector data; "
+                                                  "images take conv nets: leave x_emb at 0")
+
 def discriminator_net(shape:tuple, cfg:DiscriminatorConfig, t_emb:int=0) -> nn.Module:
     "A discriminator D(x, t) for samples of `shape`: an MLP for vectors, a conv net for images (t_emb=0: no time)."
-    if _net_kind(shape, 'discriminator') == 'vector': return MLP(shape[0], 1, cfg.width, cfg.depth, t_emb, init_std=cfg.init_std)
+    if _net_kind(shape, 'discriminator') == 'vector':
+        return MLP(shape[0], 1, cfg.width, cfg.depth, t_emb, init_std=cfg.init_std, x_emb=cfg.x_emb, x_freq=cfg.x_freq)
+    no_input_features(cfg)
     return ConvNet(shape[0], shape[1], max(cfg.width // 8, 8), 1, t_emb)
 
 def generator_net(shape:tuple, cfg:GANConfig) -> nn.Module:

@@ -16,8 +16,8 @@ def leaky_relu() -> nn.Module:
     return nn.LeakyReLU(0.2)
 
 # %% auto #0
-__all__ = ['leaky_relu', 'FourierEmbedding', 'init_normal_', 'MLP', 'FiLMBlock', 'ConvNet', 'UpBlock', 'ConvGenerator',
-           'ResBlock', 'UNet']
+__all__ = ['leaky_relu', 'FourierEmbedding', 'init_normal_', 'MLP', 'InputFeatures', 'FiLMBlock', 'ConvNet', 'UpBlock',
+           'ConvGenerator', 'ResBlock', 'UNet']
 
 # %% ../nbs/03_nets.ipynb #0577017c
 class FourierEmbedding(nn.Module):
@@ -42,7 +42,7 @@ def init_normal_(net:nn.Module, std:float=0.02) -> nn.Module:
 
 # %% ../nbs/03_nets.ipynb #359f1b12
 class MLP(nn.Module):
-    "MLP of `x` `(n, d_in)` and optional time `t` `(n,)`, time entering by a concatenated Fourier embedding."
+    "MLP of `x` `(n, d_in)` (optionally with its Fourier features) and optional time `t` `(n,)`, time entering by a concatenated Fourier embedding."
     def __init__(self, d_in:int, # input dimension
                  d_out:int=1, # output dimension (1 for a discriminator, d_in for a denoiser)
                  width:int=512, # hidden width
@@ -50,17 +50,22 @@ class MLP(nn.Module):
                  t_emb:int=128, # size of the time embedding; 0: no time input
                  act:Callable[[], nn.Module]=leaky_relu, # factory of the activation module
                  init_std:float|None=0.02, # N(0, init_std^2) weights; None or 0: PyTorch's default init
-                 squeeze:bool=True): # d_out = 1: a scalar per row, (n,); False keeps (n, 1), as a generator or denoiser of 1-D data needs
+                 squeeze:bool=True, # d_out = 1: a scalar per row, (n,); False keeps (n, 1), as a generator or denoiser of 1-D data needs
+                 x_emb:int=0, # size of the Fourier features of x, eq. (2), joined to x; 0: x alone
+                 x_freq:float=1.): # std of their frequencies, in cycles per unit of x
         super().__init__()
         if min(d_in, d_out, width, depth) < 1: raise ValueError("d_in, d_out, width and depth must be >= 1")
         self.d_in, self.d_out, self.squeeze = d_in, d_out, squeeze
         self.embed = FourierEmbedding(t_emb) if t_emb else None
-        dims = [d_in + t_emb] + [width] * depth
+        self.features = InputFeatures(d_in, x_emb, x_freq) if x_emb else None
+        self.d_x = d_in + x_emb                      # the first layer's input from x: x and its features
+        dims = [self.d_x + t_emb] + [width] * depth
         layers = [m for a, b in zip(dims, dims[1:]) for m in (nn.Linear(a, b), act())]
         self.net = nn.Sequential(*layers, nn.Linear(dims[-1], d_out))
         if init_std: init_normal_(self, init_std)
     def forward(self, x:Tensor, t:Tensor|None=None) -> Tensor:
         check_shape(x, (None, self.d_in))
+        if self.features is not None: x = self.features(x)
         if self.embed is None: out = self.net(x)
         elif t is None: raise ValueError("this MLP is time-conditioned: pass t, shape (n,)")
         elif t.dim() == 0 or (len(x) > 1 and check_shape(t, (len(x),), 't').stride(0) == 0):
@@ -69,8 +74,22 @@ class MLP(nn.Module):
         return out.squeeze(1) if self.d_out == 1 and self.squeeze else out
     def _first_shared_t(self, x:Tensor, t:Tensor) -> Tensor:
         "The first layer when every row has the same time `t` (1,): its time part, computed once, joins the bias."
-        lin, d = self.net[0], self.d_in
+        lin, d = self.net[0], self.d_x
         return F.linear(x, lin.weight[:, :d], torch.addmm(lin.bias, self.embed(t), lin.weight[:, d:].T)[0])
+
+# %% ../nbs/03_nets.ipynb #e762114a
+class InputFeatures(nn.Module):
+    "The input and its random Fourier features, eq. (2): `(n, d)` -> `(n, d + size)`."
+    def __init__(self, d:int, # input dimension
+                 size:int=64, # number m of features (even)
+                 scale:float=1.): # std s_x of the frequencies, in cycles per unit of x
+        super().__init__()
+        if size <= 0 or size % 2: raise ValueError(f"x_emb (the number of input features) must be a positive even integer, got {size}")
+        if not (math.isfinite(scale) and scale > 0): raise ValueError(f"x_freq (the std of the input features' frequencies) must be > 0, got {scale!r}")
+        self.register_buffer('B', torch.randn(d, size // 2) * scale)
+    def forward(self, x:Tensor) -> Tensor:
+        a = 2 * math.pi * x @ self.B.to(x.dtype)
+        return torch.cat([x, a.cos(), a.sin()], dim=1)
 
 # %% ../nbs/03_nets.ipynb #f38ccaff
 class FiLMBlock(nn.Module):

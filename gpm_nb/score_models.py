@@ -19,7 +19,7 @@ from .sdflow import kernel_denoiser
 from .train import EMA, read_checkpoint
 from .data import as_data
 from .gpm import (sample_shape, method_inputs, FreeParticles, GaussianPrior, Generator, GAN, Recipe, RunConfig, Method, register, push_loss, _check, init_std_rule,
-                        positive, nonneg, _net_kind, GANConfig, generator_net)
+                        positive, nonneg, _net_kind, GANConfig, generator_net, X_EMB_RULE, no_input_features)
 
 # %% auto #0
 __all__ = ['EDM_PRESETS', 'SD_FLOW_PRESETS', 'SCORE_GAN_PRESETS', 'DenoiserField', 'Diffusion', 'draw_sigmas', 'KernelField',
@@ -234,9 +234,11 @@ class DenoiserConfig:
     sigma_data: float = 0.5    # data standard deviation in the preconditioning (4) and the loss weight (EDM: 0 = the data's RMS)
     P_mean: float = -1.2       # ln(sigma) ~ N(P_mean, P_std^2) in the loss (5)
     P_std: float = 1.2
+    x_emb: int = 0             # Fourier features of the MLP's input c_in x (`InputFeatures`, 03_nets eq. 2); 0: none
+    x_freq: float = 1.         # std of their frequencies, per unit of c_in x
     def __post_init__(self):
         _check(self, width=positive, depth=positive, t_emb=(lambda v: v >= 2 and v % 2 == 0, 'even and >= 2'), lr=_pos,
-               beta1=_unit, beta2=_unit, sigma_data=nonneg, P_std=nonneg)
+               beta1=_unit, beta2=_unit, sigma_data=nonneg, P_std=nonneg, x_emb=X_EMB_RULE, x_freq=_pos)
 
 @dataclass(frozen=True)
 class EDMConfig(DenoiserConfig):
@@ -294,7 +296,9 @@ class ScoreGANConfig(DenoiserConfig, _GeneratorFields):
 def denoiser_net(shape:tuple, cfg:DenoiserConfig,
                  init_std:float=0.02) -> nn.Module: # N(0, init_std^2) weights of the MLP (GPM's); 0: PyTorch's default init
     "The raw network F(x, c_noise) of a denoiser for samples of `shape`: an MLP for vectors, a U-Net for images."
-    if _net_kind(shape, 'denoiser') == 'vector': return MLP(shape[0], shape[0], cfg.width, cfg.depth, cfg.t_emb, init_std=init_std, squeeze=False)
+    if _net_kind(shape, 'denoiser') == 'vector':
+        return MLP(shape[0], shape[0], cfg.width, cfg.depth, cfg.t_emb, init_std=init_std, squeeze=False, x_emb=cfg.x_emb, x_freq=cfg.x_freq)
+    no_input_features(cfg)
     return UNet(shape[0], shape[1], max(cfg.width // 8, 16), cfg.t_emb)
 
 def denoiser_field(shape:tuple, cfg:DenoiserConfig, name:str='field', lr:float|None=None) -> DenoiserField:
@@ -351,16 +355,16 @@ def resolve_score_gan(data, cfg:ScoreGANConfig) -> ScoreGANConfig:
     f, t, _ = _teacher_config(cfg.teacher)
     shape = sample_shape(as_data(data))
     if tuple(t['shape']) != shape: raise ValueError(f"the teacher {f} was trained on samples of shape {tuple(t['shape'])}, this data has {shape}")
-    keep = {k: t['cfg'][k] for k in ('width', 'depth', 't_emb', 'sigma_data') if k in t['cfg']}
+    keep = {k: t['cfg'][k] for k in ('width', 'depth', 't_emb', 'sigma_data', 'x_emb', 'x_freq') if k in t['cfg']}
     return replace(cfg, teacher_steps=0, **keep)
 
 # %% ../nbs/17_score_models.ipynb #b2386590
 EDM_PRESETS = {
     'gpu': (RunConfig(steps=10_000), EDMConfig()),
     'cpu': (RunConfig(steps=20_000, batch_size=512, lr_decay=0.5, eval_every=5000, n_eval=5000),
-            EDMConfig(width=256, depth=3, sigma_data=0., sigma_min=0., sigma_max=0., sampler='dpmpp_2m', sample_steps=13, ema=0.999)),
+            EDMConfig(width=256, depth=3, sigma_data=0., sigma_min=0., sigma_max=0., sampler='dpmpp_2m', sample_steps=13, ema=0.999, x_emb=64)),
     'quick': (RunConfig(steps=300, eval_every=300, n_eval=500),
-              EDMConfig(width=64, depth=2, t_emb=32, lr=1e-3, sigma_data=0., sigma_min=0., sigma_max=0., sampler='dpmpp_2m', sample_steps=13)),
+              EDMConfig(width=64, depth=2, t_emb=32, lr=1e-3, sigma_data=0., sigma_min=0., sigma_max=0., sampler='dpmpp_2m', sample_steps=13, x_emb=64)),
 }
 SD_FLOW_PRESETS = {
     'gpu': (RunConfig(steps=4000, batch_size=512), SDFlowConfig()),

@@ -129,6 +129,8 @@ def test_configs_are_frozen(cls):
     (lambda: DiscrFlowConfig(eta=-1.), 'config field eta must be > 0'),
     (lambda: DiscrFlowConfig(t_emb=3), 'config field t_emb must be even'),
     (lambda: DiscrFlowConfig(prior_std=0.), 'config field prior_std must be > 0, got 0.0'),
+    (lambda: GANConfig(x_emb=5), r'config field x_emb must be even and >= 0 \(0: no input features\), got 5'),
+    (lambda: DiscrFlowConfig(x_emb=16, x_freq=0.), 'config field x_freq must be > 0, got 0.0'),
     (lambda: DiscriminatorConfig(gp=-1.), 'config field gp must be >= 0, got -1.0'),
     (lambda: DiscriminatorConfig(init_std=-0.02), r"config field init_std must be >= 0 \(0: PyTorch's default init\), got -0.02"),
     (lambda: DiscrFlowConfig(loss='wgan'), "unknown GAN loss 'wgan': choose one of vanilla, logit, arcsinh, saturating, hinge, ipm"),

@@ -7,11 +7,11 @@ from gpm_nb.data import gaussians5, get_dataset
 from gpm_nb.nets import MLP
 from gpm_nb.scores import Denoiser, mixture_denoiser, edm_loss, SAMPLERS, get_sigmas_karras
 from gpm_nb.gpm import METHODS, RunConfig
-from gpm_nb.train import Trainer, save_checkpoint, load_checkpoint
+from gpm_nb.train import Trainer, save_checkpoint, load_checkpoint, read_checkpoint
 from gpm_nb.score_models import (DenoiserField, KernelField, ScoreDifferenceField, ScoreGenerator, Diffusion, EDMConfig,
                                  SDFlowConfig, ScoreGANConfig, draw_sigmas, edm, sd_flow, score_gan, resolve_noise,
                                  resolve_score_gan, EDM_PRESETS, SCORE_GAN_PRESETS)
-from gpm_nb.cli import train, sample_run, read_log, gpm_train, gpm_sample
+from gpm_nb.cli import train, sample_run, read_log, gpm_train, gpm_sample, load_run, make_run
 from helpers import cli
 
 class Exact(torch.nn.Module):
@@ -148,10 +148,38 @@ def test_gpm_sample_sampler_choice(tmp_path, capsys):
     (['--method', 'sd_flow', '--push_sigma_min', '-1'], ['push_sigma_min must be > 0']),
     (['--method', 'score_gan', '--n_fake', '0'], ['n_fake must be >= 1']),
     (['--method', 'score_gan', '--init_std', '-0.1'], ["init_std must be >= 0 (0: PyTorch's default init)"]),
+    (['--method', 'edm', '--x_emb', '-2'], ['x_emb must be even and >= 0']),
+    (['--method', 'edm', '--data', 'digits', '--x_emb', '16'], ['x_emb=16', 'vector data', 'leave x_emb at 0']),
+    (['--method', 'discr_flow', '--data', 'digits', '--x_emb', '16'], ['x_emb=16', 'vector data', 'leave x_emb at 0']),
 ])
 def test_bad_score_configs_exit_2(capsys, tmp_path, args, words):
     code, msg = cli(capsys, gpm_train, *args, '--preset', 'quick', '--out', tmp_path/'r')
     assert code == 2 and all(w in msg for w in words) and 'Traceback' not in msg, msg
+
+def test_input_features_reach_the_denoiser_and_the_discriminator(tmp_path):
+    "x_emb puts Fourier features of the input in front of the MLP of every denoiser and discriminator; the run keeps their frequencies."
+    from gpm_nb.nets import InputFeatures
+    feats = lambda model: [m for m in model.modules() if isinstance(m, InputFeatures)]
+    for method, n_nets in (('edm', 1), ('discr_flow', 1), ('gan', 1), ('score_gan', 2)):
+        train(method, 'gaussians25', 'quick', tmp_path/method, quiet=True, x_emb=8, x_freq=2., steps=2, eval_every=2, n_eval=100)
+        assert json.load(open(tmp_path/method/'config.json'))['cfg']['x_emb'] == 8
+        model, _ = load_run(tmp_path/method)
+        fs = feats(model.field)
+        assert len(fs) >= n_nets and all(f.B.shape == (2, 4) for f in fs), method
+        assert all(0.5 < f.B.std().item() < 5. for f in fs), method             # frequencies ~ N(0, x_freq^2)
+        saved = read_checkpoint(tmp_path/method/'checkpoint.pt')['model']
+        assert [k for k in saved if k.endswith('features.B')], method                   # the checkpoint carries B
+    assert not feats(make_run('edm', 'gaussians25', 'quick', x_emb=0)['model'])         # x_emb=0: none
+
+def test_a_presets_input_features_are_left_off_on_images(monkeypatch):
+    "A preset's x_emb serves vector data; on images the run leaves it off (and says so in its config), an explicit --x_emb is an error."
+    run, cfg = EDM_PRESETS['quick']
+    monkeypatch.setitem(EDM_PRESETS, 'quick', (run, replace(cfg, x_emb=16)))
+    assert make_run('edm', 'gaussians5', 'quick')['cfg'].x_emb == 16
+    r = make_run('edm', 'digits', 'quick')
+    assert r['cfg'].x_emb == 0 and r['config']['cfg']['x_emb'] == 0
+    with pytest.raises(ValueError, match='x_emb=16: Fourier features of the input are for the MLPs of vector data'):
+        make_run('edm', 'digits', 'quick', x_emb=16)
 
 def test_score_gan_from_a_saved_edm_run(tmp_path, capsys):
     train('edm', 'gaussians5', 'quick', out=tmp_path/'edm', quiet=True, steps=10, width=32)
