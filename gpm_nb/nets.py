@@ -77,7 +77,7 @@ class MLP(nn.Module):
         lin, d = self.net[0], self.d_x
         return F.linear(x, lin.weight[:, :d], torch.addmm(lin.bias, self.embed(t), lin.weight[:, d:].T)[0])
 
-# %% ../nbs/03_nets.ipynb #e762114a
+# %% ../nbs/03_nets.ipynb #050f4a7b
 class InputFeatures(nn.Module):
     "The input and its random Fourier features, eq. (2): `(n, d)` -> `(n, d + size)`."
     def __init__(self, d:int, # input dimension
