@@ -271,7 +271,7 @@ def diffflow(data, # has `sample(n, device)`
     shape = sample_shape(data)
     ann = Annealing(cfg.sigma_max, cfg.sigma_min, cfg.eta)
     L = math.log(cfg.sigma_max / cfg.sigma_min)
-    dn = DenoiserField(Denoiser(denoiser_net(shape, DenoiserConfig(width=cfg.s_width, depth=cfg.s_depth, t_emb=cfg.t_emb), cfg.init_std), cfg.sigma_data),
+    dn = DenoiserField(Denoiser(denoiser_net(shape, DenoiserConfig(width=cfg.s_width, depth=cfg.s_depth, t_emb=cfg.t_emb, x_emb=cfg.x_emb, x_freq=cfg.x_freq), cfg.init_std), cfg.sigma_data),
                        cfg.s_lr or cfg.lr, (0.9, 0.999), math.log(cfg.sigma_max * cfg.sigma_min) / 2, max(L / 4, 0.1), 'score') if cfg.split > 0 else None
     ratio = (RatioField(discriminator_net(shape, cfg, cfg.t_emb), cfg.loss, cfg.lr, (cfg.beta1, cfg.beta2), cfg.gp, cfg.gp_center, cfg.gp_on)
              if cfg.split < 1 else None)

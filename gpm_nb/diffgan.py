@@ -10,7 +10,7 @@ import torch
 from torch import nn, Tensor
 from fastcore.basics import patch
 from .core import default_device, check_count
-from .nets import MLP, ConvNet, FourierEmbedding
+from .nets import MLP, ConvNet, FourierEmbedding, InputFeatures
 from .integrate import Field
 from .train import all_mean_, dist_info
 from .monoflow import GANLoss
@@ -142,17 +142,21 @@ class LevelNet(nn.Module):
                  width:int=256, depth:int=3, # MLP width and hidden layers (conv: width // 8 channels)
                  t_emb:int=0, # flow-time embedding (0: D ignores t, as in a GAN)
                  s_emb:int=32, # level embedding
-                 init_std:float|None=0.02): # MLP weights N(0, init_std^2); None or 0: PyTorch's default init
+                 init_std:float|None=0.02, # MLP weights N(0, init_std^2); None or 0: PyTorch's default init
+                 x_emb:int=0, x_freq:float=1.): # Fourier features of y (`InputFeatures`, 03_nets eq. 2); 0: none
         super().__init__()
         self.vector = _net_kind(shape, 'discriminator') == 'vector'
+        self.features = InputFeatures(shape[0], x_emb, x_freq) if x_emb and self.vector else None
         if self.vector:
             self.embed = FourierEmbedding(s_emb, scale=4.)
-            self.net = MLP(shape[0] + s_emb, 1, width, depth, t_emb, init_std=init_std)
+            self.net = MLP(shape[0] + x_emb + s_emb, 1, width, depth, t_emb, init_std=init_std)
+        elif x_emb: raise ValueError(f"x_emb={x_emb}: Fourier features of the input are for the MLPs of vector data; images take conv nets: leave x_emb at 0")
         elif t_emb: raise ValueError("a diffused conv discriminator takes one condition, the level: images need t_emb=0 (a generator, not free particles)")
         else: self.net = ConvNet(shape[0], shape[1], max(width // 8, 8), 1, s_emb)
         self.t_emb = t_emb
     def forward(self, y:Tensor, c:Tensor) -> Tensor:
         if not self.vector: return self.net(y, c[:, 1])
+        if self.features is not None: y = self.features(y)
         return self.net(torch.cat([y, self.embed(c[:, 1])], 1), c[:, 0] if self.t_emb else None)
 
 # %% ../nbs/19_diffgan.ipynb #a3dd4cf6
@@ -256,7 +260,7 @@ def diffusion(cfg:DiffusionFields) -> AdaptiveDiffusion:
 
 def diffused_field(shape:tuple, cfg, t_emb:int, eta:float) -> DiffusedField:
     "A `DiffusedField` over a `DiscriminatorField` with a `LevelNet` for samples of `shape`."
-    net = LevelNet(shape, cfg.width, cfg.depth, t_emb, cfg.s_emb, cfg.init_std)
+    net = LevelNet(shape, cfg.width, cfg.depth, t_emb, cfg.s_emb, cfg.init_std, cfg.x_emb, cfg.x_freq)
     f = DiscriminatorField(net, cfg.loss, cfg.shift, cfg.lr, (cfg.beta1, cfg.beta2), cfg.gp, cfg.gp_center, cfg.gp_on, eta)
     return DiffusedField(f, diffusion(cfg), cfg.n_draws)
 

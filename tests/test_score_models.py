@@ -160,7 +160,7 @@ def test_input_features_reach_the_denoiser_and_the_discriminator(tmp_path):
     "x_emb puts Fourier features of the input in front of the MLP of every denoiser and discriminator; the run keeps their frequencies."
     from gpm_nb.nets import InputFeatures
     feats = lambda model: [m for m in model.modules() if isinstance(m, InputFeatures)]
-    for method, n_nets in (('edm', 1), ('discr_flow', 1), ('gan', 1), ('score_gan', 2)):
+    for method, n_nets in (('edm', 1), ('discr_flow', 1), ('gan', 1), ('score_gan', 2), ('diffflow', 1), ('diffusion_gan', 1)):   # diffflow's split 1: the denoiser alone
         train(method, 'gaussians25', 'quick', tmp_path/method, quiet=True, x_emb=8, x_freq=2., steps=2, eval_every=2, n_eval=100)
         assert json.load(open(tmp_path/method/'config.json'))['cfg']['x_emb'] == 8
         model, _ = load_run(tmp_path/method)
