@@ -15,7 +15,7 @@ from .integrate import Field
 from .train import all_mean_, dist_info
 from .monoflow import GANLoss
 from .data import as_data
-from .gpm import (sample_shape, method_inputs, DiscriminatorField, DiscrFlow, Generator, GaussianPrior, GAN, RunConfig, GANConfig,
+from .gpm import (sample_shape, method_inputs, DiscriminatorField, DiscrFlow, Generator, GaussianPrior, GAN, RunConfig, GANConfig, no_input_features,
                         DiscrFlowConfig, Method, register, _check, positive, _net_kind, generator_net, free_particles, spread, particle_eta)
 
 # %% auto #0
@@ -150,9 +150,10 @@ class LevelNet(nn.Module):
         if self.vector:
             self.embed = FourierEmbedding(s_emb, scale=4.)
             self.net = MLP(shape[0] + x_emb + s_emb, 1, width, depth, t_emb, init_std=init_std)
-        elif x_emb: raise ValueError(f"x_emb={x_emb}: Fourier features of the input are for the MLPs of vector data; images take conv nets: leave x_emb at 0")
-        elif t_emb: raise ValueError("a diffused conv discriminator takes one condition, the level: images need t_emb=0 (a generator, not free particles)")
-        else: self.net = ConvNet(shape[0], shape[1], max(width // 8, 8), 1, s_emb)
+        else:
+            no_input_features(x_emb)
+            if t_emb: raise ValueError("a diffused conv discriminator takes one condition, the level: images need t_emb=0 (a generator, not free particles)")
+            self.net = ConvNet(shape[0], shape[1], max(width // 8, 8), 1, s_emb)
         self.t_emb = t_emb
     def forward(self, y:Tensor, c:Tensor) -> Tensor:
         if not self.vector: return self.net(y, c[:, 1])

@@ -463,16 +463,15 @@ def _net_kind(shape:tuple, what:str) -> str:
     raise ValueError(f"no {what} for samples of shape {shape}: the networks take vectors (d,) "
                      "or square images (c, s, s) with s in 8, 28, 32, 64")
 
-def no_input_features(cfg):
-    "A `ValueError` when `cfg` asks for Fourier features of the input (`x_emb`), which only the MLPs of vector data take."
-    if getattr(cfg, 'x_emb', 0): raise ValueError(f"x_emb={cfg.x_emb}: Fourier features of the input are for the MLPs of vector data; "
-                                                  "images take conv nets: leave x_emb at 0")
+def no_input_features(x_emb:int):
+    "A `ValueError` when a network of images is asked for Fourier features of its input (`x_emb`), which only the MLPs of vector data take."
+    if x_emb: raise ValueError(f"x_emb={x_emb}: Fourier features of the input are for the MLPs of vector data; images take conv nets: leave x_emb at 0")
 
 def discriminator_net(shape:tuple, cfg:DiscriminatorConfig, t_emb:int=0) -> nn.Module:
     "A discriminator D(x, t) for samples of `shape`: an MLP for vectors, a conv net for images (t_emb=0: no time)."
     if _net_kind(shape, 'discriminator') == 'vector':
         return MLP(shape[0], 1, cfg.width, cfg.depth, t_emb, init_std=cfg.init_std, x_emb=cfg.x_emb, x_freq=cfg.x_freq)
-    no_input_features(cfg)
+    no_input_features(cfg.x_emb)
     return ConvNet(shape[0], shape[1], max(cfg.width // 8, 8), 1, t_emb)
 
 def generator_net(shape:tuple, cfg:GANConfig) -> nn.Module:

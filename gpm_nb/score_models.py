@@ -298,7 +298,7 @@ def denoiser_net(shape:tuple, cfg:DenoiserConfig,
     "The raw network F(x, c_noise) of a denoiser for samples of `shape`: an MLP for vectors, a U-Net for images."
     if _net_kind(shape, 'denoiser') == 'vector':
         return MLP(shape[0], shape[0], cfg.width, cfg.depth, cfg.t_emb, init_std=init_std, squeeze=False, x_emb=cfg.x_emb, x_freq=cfg.x_freq)
-    no_input_features(cfg)
+    no_input_features(cfg.x_emb)
     return UNet(shape[0], shape[1], max(cfg.width // 8, 16), cfg.t_emb)
 
 def denoiser_field(shape:tuple, cfg:DenoiserConfig, name:str='field', lr:float|None=None) -> DenoiserField:

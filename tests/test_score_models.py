@@ -151,6 +151,7 @@ def test_gpm_sample_sampler_choice(tmp_path, capsys):
     (['--method', 'edm', '--x_emb', '-2'], ['x_emb must be even and >= 0']),
     (['--method', 'edm', '--data', 'digits', '--x_emb', '16'], ['x_emb=16', 'vector data', 'leave x_emb at 0']),
     (['--method', 'discr_flow', '--data', 'digits', '--x_emb', '16'], ['x_emb=16', 'vector data', 'leave x_emb at 0']),
+    (['--method', 'diffusion_gan', '--data', 'digits', '--x_emb', '16'], ['x_emb=16', 'vector data', 'leave x_emb at 0']),
 ])
 def test_bad_score_configs_exit_2(capsys, tmp_path, args, words):
     code, msg = cli(capsys, gpm_train, *args, '--preset', 'quick', '--out', tmp_path/'r')
