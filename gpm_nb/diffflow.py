@@ -18,7 +18,7 @@ from .monoflow import gan_loss
 from .train import EMA
 from .data import as_data
 from .gpm import (sample_shape, method_inputs, FreeParticles, GaussianPrior, Generator, Recipe, RunConfig, DiscriminatorConfig, DiscriminatorField, GANConfig, flow_grid,
-                        Method, register, _check, positive, nonneg, discriminator_net, generator_net, push_loss)
+                        Method, register, _check, positive, nonneg, pos_real, unit_interval, EMB_RULE, discriminator_net, generator_net, push_loss)
 from .score_models import DenoiserField, denoiser_net, DenoiserConfig
 
 # %% auto #0
@@ -223,8 +223,6 @@ def sample(self:DiffFlowParticles, n:int, # number of samples
     return f.score.field.denoiser(x, x.new_full((len(x),), self.annealing.sigma_min))
 
 # %% ../nbs/18_diffflow.ipynb #9634a01a
-_pos = (lambda v: v > 0, '> 0')
-
 @dataclass(frozen=True)
 class DiffFlowConfig(DiscriminatorConfig):
     "Learned DiffFlow with free particles: the split (5), the annealing (9), a time-conditioned discriminator (the ratio) and a denoiser (the data score); `lr` trains both unless `s_lr` is set; `init_std` initialises both MLPs."
@@ -244,8 +242,8 @@ class DiffFlowConfig(DiscriminatorConfig):
         super().__post_init__()
         if gan_loss(self.loss, self.shift).estimates != 'log r':
             raise ValueError(f"config field loss must be a loss whose optimal logit is log p/q (vanilla, logit, arcsinh, saturating), got {self.loss!r}")
-        _check(self, split=(lambda v: 0 <= v <= 1, 'in [0, 1] (0: discriminator flow, 1: Langevin)'), eta=_pos, K=positive,
-               t_emb=(lambda v: v >= 2 and v % 2 == 0, 'even and >= 2'), sigma_max=nonneg, sigma_min=nonneg, sigma_data=nonneg,
+        _check(self, split=(lambda v: 0 <= v <= 1, 'in [0, 1] (0: discriminator flow, 1: Langevin)'), eta=pos_real, K=positive,
+               t_emb=EMB_RULE, sigma_max=nonneg, sigma_min=nonneg, sigma_data=nonneg,
                s_width=positive, s_depth=positive, s_lr=nonneg)
         if self.sigma_min and self.sigma_max and not self.sigma_min <= self.sigma_max:
             raise ValueError(f"config fields sigma_min <= sigma_max required, got {self.sigma_min!r} > {self.sigma_max!r}")

@@ -21,14 +21,14 @@ from .train import Callback, LinearDecayCB, EMA
 from .monoflow import GAN_LOSSES, GANLoss, gan_loss
 
 # %% auto #0
-__all__ = ['GP_ON', 'positive', 'nonneg', 'init_std_rule', 'X_EMB_RULE', 'PRIORS', 'VANILLA_SPEED', 'DF_SPREAD', 'METHODS',
-           'BUILTIN_METHOD_MODULES', 'DISCR_FLOW_PRESETS', 'GAN_PRESETS', 'DiscriminatorField', 'GaussianPrior',
-           'MomentPrior', 'FreeParticles', 'per_sample_time', 'plain_random_states', 'push_loss', 'Generator',
-           'sample_shape', 'Recipe', 'flow_grid', 'ScaledData', 'spread', 'DiscrFlow', 'GAN', 'RunConfig',
-           'DiscriminatorConfig', 'DiscrFlowConfig', 'GANConfig', 'override', 'no_input_features', 'discriminator_net',
-           'generator_net', 'method_inputs', 'equilibrium_speed', 'particle_eta', 'free_particles', 'discr_flow',
-           'resolve_data_scale', 'gan', 'schedule_cbs', 'Method', 'register', 'all_methods', 'get_method',
-           'out_of_range', 'evaluate']
+__all__ = ['GP_ON', 'positive', 'nonneg', 'pos_real', 'unit_interval', 'init_std_rule', 'X_EMB_RULE', 'EMB_RULE', 'PRIORS',
+           'VANILLA_SPEED', 'DF_SPREAD', 'METHODS', 'BUILTIN_METHOD_MODULES', 'DISCR_FLOW_PRESETS', 'GAN_PRESETS',
+           'DiscriminatorField', 'GaussianPrior', 'MomentPrior', 'FreeParticles', 'per_sample_time',
+           'plain_random_states', 'push_loss', 'Generator', 'sample_shape', 'Recipe', 'flow_grid', 'ScaledData',
+           'spread', 'DiscrFlow', 'GAN', 'RunConfig', 'DiscriminatorConfig', 'DiscrFlowConfig', 'GANConfig', 'override',
+           'no_input_features', 'discriminator_net', 'generator_net', 'method_inputs', 'equilibrium_speed',
+           'particle_eta', 'free_particles', 'discr_flow', 'resolve_data_scale', 'gan', 'schedule_cbs', 'Method',
+           'register', 'all_methods', 'get_method', 'out_of_range', 'evaluate']
 
 # %% ../nbs/16_gpm.ipynb #d58e02cd
 GP_ON = ('interp', 'real', 'fake')
@@ -356,8 +356,11 @@ def _check(cfg, **rules):
 
 positive = (lambda v: v >= 1, '>= 1')
 nonneg = (lambda v: v >= 0, '>= 0')
+pos_real = (lambda v: v > 0, '> 0')
+unit_interval = (lambda v: 0 <= v < 1, 'in [0, 1)')
 init_std_rule = (lambda v: v >= 0, ">= 0 (0: PyTorch's default init)")
 X_EMB_RULE = (lambda v: v >= 0 and v % 2 == 0, 'even and >= 0 (0: no input features)')
+EMB_RULE = (lambda v: v >= 2 and v % 2 == 0, 'even and >= 2')
 
 # %% ../nbs/16_gpm.ipynb #80b5bddd
 @dataclass(frozen=True)
@@ -394,9 +397,9 @@ class DiscriminatorConfig:
     def __post_init__(self):
         gan_loss(self.loss, self.shift)
         if self.gp_on not in GP_ON: raise ValueError(f"config field gp_on must be one of {', '.join(GP_ON)}, got {self.gp_on!r}")
-        _check(self, width=positive, depth=positive, init_std=init_std_rule, lr=(lambda v: v > 0, '> 0'),
-               beta1=(lambda v: 0 <= v < 1, 'in [0, 1)'), beta2=(lambda v: 0 <= v < 1, 'in [0, 1)'), gp=nonneg,
-               ema=(lambda v: 0 <= v < 1, 'in [0, 1)'), x_emb=X_EMB_RULE, x_freq=(lambda v: v > 0, '> 0'))
+        _check(self, width=positive, depth=positive, init_std=init_std_rule, lr=pos_real,
+               beta1=unit_interval, beta2=unit_interval, gp=nonneg,
+               ema=unit_interval, x_emb=X_EMB_RULE, x_freq=pos_real)
 
 # %% ../nbs/16_gpm.ipynb #d148b339
 PRIORS = ('normal', 'moments')   # Discriminator Flow's priors (`free_particles`)
@@ -416,9 +419,9 @@ class DiscrFlowConfig(DiscriminatorConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.prior not in PRIORS: raise ValueError(f"config field prior must be one of {', '.join(PRIORS)}, got {self.prior!r}")
-        _check(self, K=positive, eta=(lambda v: v > 0, '> 0'), t_emb=(lambda v: v >= 2 and v % 2 == 0, 'even and >= 2'),
-               grid_power=(lambda v: v > 0, '> 0'), grid_anneal=(lambda v: v > 0, '> 0'), data_scale=nonneg,
-               prior_std=(lambda v: v > 0, '> 0'))
+        _check(self, K=positive, eta=pos_real, t_emb=EMB_RULE,
+               grid_power=pos_real, grid_anneal=pos_real, data_scale=nonneg,
+               prior_std=pos_real)
 
 @dataclass(frozen=True)
 class GANConfig(DiscriminatorConfig):
@@ -430,7 +433,7 @@ class GANConfig(DiscriminatorConfig):
     n_critic: int = 1          # discriminator updates per generator update
     def __post_init__(self):
         super().__post_init__()
-        _check(self, latent=positive, g_width=positive, g_depth=positive, g_lr=(lambda v: v > 0, '> 0'), n_critic=positive)
+        _check(self, latent=positive, g_width=positive, g_depth=positive, g_lr=pos_real, n_critic=positive)
 
 # %% ../nbs/16_gpm.ipynb #cca03832
 def _parse(cls, name:str, raw):

@@ -19,7 +19,7 @@ from .sdflow import kernel_denoiser
 from .train import EMA, read_checkpoint
 from .data import as_data
 from .gpm import (sample_shape, method_inputs, FreeParticles, GaussianPrior, Generator, GAN, Recipe, RunConfig, Method, register, push_loss, _check, init_std_rule,
-                        positive, nonneg, _net_kind, GANConfig, generator_net, X_EMB_RULE, no_input_features)
+                        positive, nonneg, _net_kind, GANConfig, generator_net, X_EMB_RULE, EMB_RULE, pos_real, unit_interval, no_input_features)
 
 # %% auto #0
 __all__ = ['EDM_PRESETS', 'SD_FLOW_PRESETS', 'SCORE_GAN_PRESETS', 'DenoiserField', 'Diffusion', 'draw_sigmas', 'KernelField',
@@ -219,9 +219,6 @@ def load_teacher(self:ScoreGenerator, path):
     return self
 
 # %% ../nbs/17_score_models.ipynb #b7e546de
-_pos = (lambda v: v > 0, '> 0')
-_unit = (lambda v: 0 <= v < 1, 'in [0, 1)')
-
 @dataclass(frozen=True)
 class DenoiserConfig:
     "A learned denoiser and its loss (GPM's official 5-Gaussians score network by default)."
@@ -237,8 +234,8 @@ class DenoiserConfig:
     x_emb: int = 0             # Fourier features of the MLP's input c_in x (`InputFeatures`, 03_nets eq. 2); 0: none
     x_freq: float = 1.         # std of their frequencies, per unit of c_in x
     def __post_init__(self):
-        _check(self, width=positive, depth=positive, t_emb=(lambda v: v >= 2 and v % 2 == 0, 'even and >= 2'), lr=_pos,
-               beta1=_unit, beta2=_unit, sigma_data=nonneg, P_std=nonneg, x_emb=X_EMB_RULE, x_freq=_pos)
+        _check(self, width=positive, depth=positive, t_emb=EMB_RULE, lr=pos_real,
+               beta1=unit_interval, beta2=unit_interval, sigma_data=nonneg, P_std=nonneg, x_emb=X_EMB_RULE, x_freq=pos_real)
 
 @dataclass(frozen=True)
 class EDMConfig(DenoiserConfig):
@@ -251,7 +248,7 @@ class EDMConfig(DenoiserConfig):
     ema: float = 0.            # decay of the field average used to sample (0: none)
     def __post_init__(self):
         super().__post_init__(); get_sampler(self.sampler)
-        _check(self, sigma_min=nonneg, sigma_max=nonneg, rho=_pos, sample_steps=positive, ema=_unit)
+        _check(self, sigma_min=nonneg, sigma_max=nonneg, rho=pos_real, sample_steps=positive, ema=unit_interval)
         if self.sigma_min and self.sigma_max and not self.sigma_min < self.sigma_max:
             raise ValueError(f"config fields sigma_min < sigma_max required, got {self.sigma_min!r} >= {self.sigma_max!r}")
 
@@ -272,8 +269,8 @@ class _GeneratorFields:
     eta: float = 1.            # scale of the displacement (1)
     g_ema: float = 0.          # decay of the generator average used to sample (0: none)
     def __post_init__(self):
-        _check(self, latent=positive, g_width=positive, g_depth=positive, init_std=init_std_rule, g_lr=_pos, g_beta1=_unit,
-               g_beta2=_unit, push_sigma_min=_pos, push_rho=_pos, eta=_pos, g_ema=_unit)
+        _check(self, latent=positive, g_width=positive, g_depth=positive, init_std=init_std_rule, g_lr=pos_real, g_beta1=unit_interval,
+               g_beta2=unit_interval, push_sigma_min=pos_real, push_rho=pos_real, eta=pos_real, g_ema=unit_interval)
         if not self.push_sigma_min < self.push_sigma_max:
             raise ValueError(f"config fields push_sigma_min < push_sigma_max required, got {self.push_sigma_min!r} >= {self.push_sigma_max!r}")
 
@@ -290,7 +287,7 @@ class ScoreGANConfig(DenoiserConfig, _GeneratorFields):
     teacher_steps: int = 10000 # data-denoiser iterations before the generator starts (0 with a teacher)
     def __post_init__(self):
         DenoiserConfig.__post_init__(self); _GeneratorFields.__post_init__(self)
-        _check(self, n_fake=positive, fake_lr=_pos, teacher_steps=nonneg)
+        _check(self, n_fake=positive, fake_lr=pos_real, teacher_steps=nonneg)
 
 # %% ../nbs/17_score_models.ipynb #897a6b85
 def denoiser_net(shape:tuple, cfg:DenoiserConfig,
