@@ -22,9 +22,10 @@ from .gpm import (sample_shape, method_inputs, FreeParticles, GaussianPrior, Gen
                         positive, nonneg, _net_kind, GANConfig, generator_net, X_EMB_RULE, EMB_RULE, pos_real, unit_interval, no_input_features)
 
 # %% auto #0
-__all__ = ['EDM_PRESETS', 'SD_FLOW_PRESETS', 'SCORE_GAN_PRESETS', 'DenoiserField', 'Diffusion', 'draw_sigmas', 'KernelField',
-           'ScoreDifferenceField', 'ScoreGenerator', 'DenoiserConfig', 'EDMConfig', 'SDFlowConfig', 'ScoreGANConfig',
-           'denoiser_net', 'denoiser_field', 'resolve_noise', 'edm', 'sd_flow', 'score_gan', 'resolve_score_gan']
+__all__ = ['TEACHER_FIELDS', 'EDM_PRESETS', 'SD_FLOW_PRESETS', 'SCORE_GAN_PRESETS', 'DenoiserField', 'Diffusion', 'draw_sigmas',
+           'KernelField', 'ScoreDifferenceField', 'ScoreGenerator', 'DenoiserConfig', 'EDMConfig', 'SDFlowConfig',
+           'ScoreGANConfig', 'denoiser_net', 'denoiser_field', 'resolve_noise', 'edm', 'sd_flow', 'score_gan',
+           'resolve_score_gan']
 
 # %% ../nbs/17_score_models.ipynb #e30029e4
 class DenoiserField(Field):
@@ -190,31 +191,33 @@ def sample(self:ScoreGenerator, n:int, steps:int|None=None, sampler:str|None=Non
     return GAN.sample(self, n, ema=ema, chunk=chunk)   # the GAN's sampling: the same generator and average
 
 # %% ../nbs/17_score_models.ipynb #0535cbaa
-def _teacher_config(path) -> tuple:
-    "(checkpoint file, its run config) of a saved EDM run; a `ValueError` for anything else."
+TEACHER_FIELDS = ('width', 'depth', 't_emb', 'x_emb', 'x_freq', 'sigma_data')   # what a ScoreGAN takes from its EDM teacher
+
+def _teacher_config(path, shape:tuple) -> tuple:
+    "(checkpoint file, its run config, checkpoint) of a saved EDM run on samples of `shape`; a `ValueError` for anything else."
     path = Path(path); f = path/'checkpoint.pt' if path.is_dir() else path
     ckpt = read_checkpoint(f)
     cfg = ckpt.get('extra', {}).get('config') or {}
     if cfg.get('method') != 'edm':
         raise ValueError(f"{f} holds a {cfg.get('method', 'unknown')!s} run: a ScoreGAN teacher must be a run of "
                          "gpm_train --method edm on the same data")
+    if tuple(cfg['shape']) != tuple(shape):
+        raise ValueError(f"the teacher {f} was trained on samples of shape {tuple(cfg['shape'])}, this data has {tuple(shape)}")
     return f, cfg, ckpt
 
 @patch
 def load_teacher(self:ScoreGenerator, path):
     "Start the data denoiser p and the fake denoiser q from the (averaged) denoiser of the EDM run at `path`."
-    f, cfg, ckpt = _teacher_config(path)
-    if tuple(cfg['shape']) != self.shape:
-        raise ValueError(f"the teacher {f} was trained on samples of shape {tuple(cfg['shape'])}, this data has {self.shape}")
+    f, cfg, ckpt = _teacher_config(path, self.shape)
     sd = ckpt['model']
     pre = 'field_ema.avg.denoiser.' if any(k.startswith('field_ema.avg.') for k in sd) else 'field.denoiser.'
     state = {k[len(pre):]: v for k, v in sd.items() if k.startswith(pre)}
     try:
         for d in (self.field.p.denoiser, self.field.q.denoiser): d.load_state_dict(state)
     except RuntimeError as e:
-        raise ValueError(f"the teacher {f} has another denoiser: pass its width, depth and t_emb "
-                         f"(its config.json: width={cfg['cfg'].get('width')}, depth={cfg['cfg'].get('depth')}, "
-                         f"t_emb={cfg['cfg'].get('t_emb')}); {str(e).splitlines()[0][:200]}") from None
+        arch = ', '.join(f"{k}={cfg['cfg'].get(k)}" for k in TEACHER_FIELDS[:-1])
+        raise ValueError(f"the teacher {f} has another denoiser: pass its {', '.join(TEACHER_FIELDS[:-1])} "
+                         f"(its config.json: {arch}); {str(e).splitlines()[0][:200]}") from None
     for d in (self.field.p.denoiser, self.field.q.denoiser): d.sigma_data = float(cfg['cfg']['sigma_data'])
     return self
 
@@ -349,10 +352,8 @@ def score_gan(data, cfg:ScoreGANConfig=ScoreGANConfig(), run:RunConfig=RunConfig
 def resolve_score_gan(data, cfg:ScoreGANConfig) -> ScoreGANConfig:
     "Check the teacher (an EDM run) now, take its architecture, and skip the data-denoiser training it replaces."
     if not cfg.teacher: return cfg
-    f, t, _ = _teacher_config(cfg.teacher)
-    shape = sample_shape(as_data(data))
-    if tuple(t['shape']) != shape: raise ValueError(f"the teacher {f} was trained on samples of shape {tuple(t['shape'])}, this data has {shape}")
-    keep = {k: t['cfg'][k] for k in ('width', 'depth', 't_emb', 'sigma_data', 'x_emb', 'x_freq') if k in t['cfg']}
+    _, t, _ = _teacher_config(cfg.teacher, sample_shape(as_data(data)))
+    keep = {k: t['cfg'][k] for k in TEACHER_FIELDS if k in t['cfg']}
     return replace(cfg, teacher_steps=0, **keep)
 
 # %% ../nbs/17_score_models.ipynb #b2386590

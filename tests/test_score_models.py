@@ -203,6 +203,9 @@ def test_score_gan_from_a_saved_edm_run(tmp_path, capsys):
     code, msg = cli(capsys, gpm_train, '--method', 'score_gan', '--preset', 'quick', '--teacher', tmp_path/'edm',
                     '--data', 'digits', '--out', tmp_path/'y')
     assert code == 2 and 'shape' in msg, msg
+    other = score_gan(gaussians5(), replace(SCORE_GAN_PRESETS['quick'][1], width=48), RunConfig(batch_size=16))
+    with pytest.raises(ValueError, match=r"another denoiser: pass its width, depth, t_emb, x_emb, x_freq \(its config.json: width=32, "):
+        other.load_teacher(tmp_path/'edm')                                          # built by hand without the teacher's architecture
 
 def test_help_lists_score_methods_and_samplers(capsys):
     code, msg = cli(capsys, gpm_train, '--help')
