@@ -48,3 +48,4 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_configure(config):
     if getattr(config.option, 'maxschedchunk', 0) is None: config.option.maxschedchunk = 1   # pytest-xdist's --maxschedchunk
+    if getattr(config.option, 'durations', 0) is None: config.option.durations = 25   # the slowest tests, in CI's log: where its time goes
