@@ -18,7 +18,7 @@ from .monoflow import gan_loss
 from .train import EMA
 from .data import as_data
 from .gpm import (sample_shape, method_inputs, FreeParticles, GaussianPrior, Generator, Recipe, RunConfig, DiscriminatorConfig, DiscriminatorField, GANConfig, flow_grid,
-                        Method, register, _check, positive, nonneg, pos_real, unit_interval, EMB_RULE, discriminator_net, generator_net, push_loss)
+                        Method, register, _check, positive, nonneg, pos_real, EMB_RULE, discriminator_net, generator_net, push_loss)
 from .score_models import DenoiserField, denoiser_net, DenoiserConfig
 
 # %% auto #0

@@ -22,10 +22,10 @@ from .gpm import (sample_shape, method_inputs, FreeParticles, GaussianPrior, Gen
                         positive, nonneg, _net_kind, GANConfig, generator_net, X_EMB_RULE, EMB_RULE, pos_real, unit_interval, no_input_features)
 
 # %% auto #0
-__all__ = ['TEACHER_FIELDS', 'EDM_PRESETS', 'SD_FLOW_PRESETS', 'SCORE_GAN_PRESETS', 'DenoiserField', 'Diffusion', 'draw_sigmas',
-           'KernelField', 'ScoreDifferenceField', 'ScoreGenerator', 'DenoiserConfig', 'EDMConfig', 'SDFlowConfig',
-           'ScoreGANConfig', 'denoiser_net', 'denoiser_field', 'resolve_noise', 'edm', 'sd_flow', 'score_gan',
-           'resolve_score_gan']
+__all__ = ['TEACHER_ARCH', 'TEACHER_FIELDS', 'EDM_PRESETS', 'SD_FLOW_PRESETS', 'SCORE_GAN_PRESETS', 'DenoiserField', 'Diffusion',
+           'draw_sigmas', 'KernelField', 'ScoreDifferenceField', 'ScoreGenerator', 'DenoiserConfig', 'EDMConfig',
+           'SDFlowConfig', 'ScoreGANConfig', 'denoiser_net', 'denoiser_field', 'resolve_noise', 'edm', 'sd_flow',
+           'score_gan', 'resolve_score_gan']
 
 # %% ../nbs/17_score_models.ipynb #e30029e4
 class DenoiserField(Field):
@@ -191,7 +191,8 @@ def sample(self:ScoreGenerator, n:int, steps:int|None=None, sampler:str|None=Non
     return GAN.sample(self, n, ema=ema, chunk=chunk)   # the GAN's sampling: the same generator and average
 
 # %% ../nbs/17_score_models.ipynb #0535cbaa
-TEACHER_FIELDS = ('width', 'depth', 't_emb', 'x_emb', 'x_freq', 'sigma_data')   # what a ScoreGAN takes from its EDM teacher
+TEACHER_ARCH = ('width', 'depth', 't_emb', 'x_emb', 'x_freq')   # the teacher's denoiser architecture
+TEACHER_FIELDS = TEACHER_ARCH + ('sigma_data',)                  # what a ScoreGAN takes from its EDM teacher
 
 def _teacher_config(path, shape:tuple) -> tuple:
     "(checkpoint file, its run config, checkpoint) of a saved EDM run on samples of `shape`; a `ValueError` for anything else."
@@ -215,8 +216,8 @@ def load_teacher(self:ScoreGenerator, path):
     try:
         for d in (self.field.p.denoiser, self.field.q.denoiser): d.load_state_dict(state)
     except RuntimeError as e:
-        arch = ', '.join(f"{k}={cfg['cfg'].get(k)}" for k in TEACHER_FIELDS[:-1])
-        raise ValueError(f"the teacher {f} has another denoiser: pass its {', '.join(TEACHER_FIELDS[:-1])} "
+        arch = ', '.join(f"{k}={cfg['cfg'].get(k)}" for k in TEACHER_ARCH)
+        raise ValueError(f"the teacher {f} has another denoiser: pass its {', '.join(TEACHER_ARCH)} "
                          f"(its config.json: {arch}); {str(e).splitlines()[0][:200]}") from None
     for d in (self.field.p.denoiser, self.field.q.denoiser): d.sigma_data = float(cfg['cfg']['sigma_data'])
     return self
