@@ -16,7 +16,7 @@ from .train import all_mean_, dist_info
 from .monoflow import GANLoss
 from .data import as_data
 from .gpm import (sample_shape, method_inputs, DiscriminatorField, DiscrFlow, Generator, GaussianPrior, GAN, RunConfig, GANConfig, no_input_features,
-                        DiscrFlowConfig, Method, register, _check, positive, pos_real, unit_interval, EMB_RULE, _net_kind, generator_net, free_particles, spread, particle_eta)
+                        DiscrFlowConfig, Method, register, _check, positive, pos_real, unit_interval, open_unit, EMB_RULE, _net_kind, generator_net, free_particles, spread, particle_eta)
 
 # %% auto #0
 __all__ = ['TS_DISTS', 'CONDS', 'SIGMA_N_RATIO', 'DIFFUSION_GAN_PRESETS', 'linear_betas', 'alphas_bar', 'diffuse',
@@ -224,8 +224,7 @@ class DiffusionFields:
         if self.ts_dist not in TS_DISTS: raise ValueError(f"config field ts_dist must be one of {', '.join(TS_DISTS)}, got {self.ts_dist!r}")
         if self.cond not in CONDS: raise ValueError(f"config field cond must be one of {', '.join(CONDS)}, got {self.cond!r}")
         _check(self, sigma_n=(lambda v: v >= 0, '>= 0 (0: from the data)'), T_min=positive,
-               d_target=(lambda v: 0 < v < 1, 'in (0, 1)'), beta_min=(lambda v: 0 < v < 1, 'in (0, 1)'),
-               beta_max=(lambda v: 0 < v < 1, 'in (0, 1)'), ada_kimg=pos_real, ada_interval=positive,
+               d_target=open_unit, beta_min=open_unit, beta_max=open_unit, ada_kimg=pos_real, ada_interval=positive,
                clean=unit_interval, pool=(lambda v: v >= 2, '>= 2'),
                s_emb=EMB_RULE, n_draws=positive)
         if self.T_min > self.T_max: raise ValueError(f"config field T_min must be <= T_max, got T_min={self.T_min} > T_max={self.T_max}")

@@ -21,9 +21,9 @@ from .train import Callback, LinearDecayCB, EMA
 from .monoflow import GAN_LOSSES, GANLoss, gan_loss
 
 # %% auto #0
-__all__ = ['GP_ON', 'positive', 'nonneg', 'pos_real', 'unit_interval', 'init_std_rule', 'X_EMB_RULE', 'EMB_RULE', 'PRIORS',
-           'VANILLA_SPEED', 'DF_SPREAD', 'METHODS', 'BUILTIN_METHOD_MODULES', 'DISCR_FLOW_PRESETS', 'GAN_PRESETS',
-           'DiscriminatorField', 'GaussianPrior', 'MomentPrior', 'FreeParticles', 'per_sample_time',
+__all__ = ['GP_ON', 'positive', 'nonneg', 'pos_real', 'unit_interval', 'open_unit', 'init_std_rule', 'X_EMB_RULE', 'EMB_RULE',
+           'PRIORS', 'VANILLA_SPEED', 'DF_SPREAD', 'METHODS', 'BUILTIN_METHOD_MODULES', 'DISCR_FLOW_PRESETS',
+           'GAN_PRESETS', 'DiscriminatorField', 'GaussianPrior', 'MomentPrior', 'FreeParticles', 'per_sample_time',
            'plain_random_states', 'push_loss', 'Generator', 'sample_shape', 'Recipe', 'flow_grid', 'ScaledData',
            'spread', 'DiscrFlow', 'GAN', 'RunConfig', 'DiscriminatorConfig', 'DiscrFlowConfig', 'GANConfig', 'override',
            'no_input_features', 'discriminator_net', 'generator_net', 'method_inputs', 'equilibrium_speed',
@@ -358,6 +358,7 @@ positive = (lambda v: v >= 1, '>= 1')
 nonneg = (lambda v: v >= 0, '>= 0')
 pos_real = (lambda v: v > 0, '> 0')
 unit_interval = (lambda v: 0 <= v < 1, 'in [0, 1)')
+open_unit = (lambda v: 0 < v < 1, 'in (0, 1)')
 init_std_rule = (lambda v: v >= 0, ">= 0 (0: PyTorch's default init)")
 X_EMB_RULE = (lambda v: v >= 0 and v % 2 == 0, 'even and >= 0 (0: no input features)')
 EMB_RULE = (lambda v: v >= 2 and v % 2 == 0, 'even and >= 2')
