@@ -11,13 +11,23 @@ import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['PRESETS', 'PRESET_ENV', 'default_device', 'check_preset', 'get_preset', 'check_count', 'seed_everything', 'rng_state',
-           'set_rng_state', 'fork_rng', 'check_shape', 'check_finite', 'append_dims', 'import_torchvision']
+__all__ = ['PRESETS', 'PRESET_ENV', 'default_device', 'native_bf16', 'check_preset', 'get_preset', 'check_count',
+           'seed_everything', 'rng_state', 'set_rng_state', 'fork_rng', 'check_shape', 'check_finite', 'append_dims',
+           'import_torchvision']
 
 # %% ../nbs/00_core.ipynb #0c7b0dbb
 def default_device() -> torch.device:
     "CUDA when a GPU is visible, otherwise the CPU."
     return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+
+# %% ../nbs/00_core.ipynb #b980ec2d
+def native_bf16(device) -> bool:
+    "Whether `device` multiplies `bfloat16` matrices with kernels of their own (a GPU that supports it; a CPU that oneDNN's bfloat16 kernels run on)."
+    device = torch.device(device)
+    if device.type == 'cuda': return torch.cuda.is_bf16_supported()
+    if device.type != 'cpu': return True                          # other backends: their own kernels
+    try: return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError): return False           # a build without oneDNN: the generic loop
 
 # %% ../nbs/00_core.ipynb #69d3a48d
 PRESETS = ('quick', 'cpu', 'gpu')

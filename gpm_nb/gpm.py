@@ -4,7 +4,7 @@
 
 # %% ../nbs/16_gpm.ipynb #eb35c174
 from __future__ import annotations
-import json, math, typing
+import json, math, typing, warnings
 from functools import partial
 from dataclasses import dataclass, fields, asdict, replace
 from typing import Callable
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 from fastcore.basics import patch
-from .core import default_device, check_finite, append_dims, check_count
+from .core import default_device, native_bf16, check_finite, append_dims, check_count
 from .data import as_data
 from .nets import MLP, ConvNet, ConvGenerator
 from .integrate import Field, FnField, integrate, as_grid
@@ -282,7 +282,10 @@ class DiscrFlow(Recipe):
     def sampling_field(self): return self.field if self.field_ema is None else self.field_ema
     def optimizers(self): return self.field.optimizers()
     def flow_precision(self):
-        "Where the particles move: autocast to bfloat16 matrix products when `bf16`, else plain float32."
+        "Where the particles move: autocast to bfloat16 matrix products when `bf16` (a warning where they are slow), else plain float32."
+        if self.bf16 and not native_bf16(self.device):
+            warnings.warn(f"bf16 on {self.device}: this device has no native bfloat16 matrix products (`native_bf16`), so the flow "
+                          f"runs tens of times slower than in float32; drop --bf16 (bf16=False)", stacklevel=2)
         return torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16)
 
 # %% ../nbs/16_gpm.ipynb #095cf9c6
@@ -411,7 +414,7 @@ class DiscrFlowConfig(DiscriminatorConfig):
     K: int = 56                # flow steps
     eta: float = 20.           # step scale: each step moves eta/K times the field (the vanilla loss's; `particle_eta`)
     t_emb: int = 128           # Fourier time-embedding size
-    bf16: bool = False         # flow in bfloat16 matrix products (the discriminator trains in float32)
+    bf16: bool = False         # flow in bfloat16 matrix products (the discriminator trains in float32); fast only where `native_bf16`
     grid_power: float = 1.     # flow times t_k = 1 - (1 - (k/K)^grid_power)^grid_anneal (`flow_grid`):
     grid_anneal: float = 1.    # power < 1 or anneal > 1 take large steps first and small ones last
     data_scale: float = 1.     # the flow runs on the data times this; 0: derived when a run starts (`resolve_data_scale`)

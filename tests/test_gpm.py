@@ -438,6 +438,7 @@ def test_per_sample_time_materialises_a_shared_time():
     f(torch.zeros(5, 2), torch.full((1,), .5).expand(5))
     assert seen == [(1,)]
 
+@pytest.mark.filterwarnings('ignore:bf16 on')   # on a CPU without native bfloat16 (the next test)
 def test_bf16_flow_is_close_to_float32_and_trains_in_float32():
     "bf16 changes where the particles move only by bfloat16 rounding; the discriminator's weights stay float32."
     seed_everything(0); m = build_df(bf16=True)
@@ -448,6 +449,19 @@ def test_bf16_flow_is_close_to_float32_and_trains_in_float32():
     assert (a - b).abs().max() < 0.05 * b.abs().max()
     m.train_step()
     assert all(p.dtype == torch.float32 for p in m.field.parameters())
+
+@pytest.mark.parametrize('native', [True, False])
+def test_bf16_flow_warns_where_bfloat16_products_are_slow(native, monkeypatch):
+    "On a device without native bfloat16 products (an AVX2-only CPU: tens of times slower) a bf16 flow warns, naming the fix; elsewhere it is silent."
+    import warnings, gpm_nb.gpm as G
+    monkeypatch.setattr(G, 'native_bf16', lambda device: native)
+    seed_everything(0); m = build_df(bf16=True)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter('always')
+        m.sample(8); m.train_step()
+        m.bf16 = False; m.sample(8)                       # a float32 flow never warns
+    slow = [str(w.message) for w in seen if 'bfloat16' in str(w.message)]
+    assert slow == [] if native else len(slow) == 2 and all('drop --bf16' in s and 'cpu' in s for s in slow), slow
 
 @pytest.mark.parametrize('loss', LOSSES)
 def test_free_particles_move_at_one_speed_for_every_log_ratio_loss(loss):
