@@ -21,14 +21,14 @@ from .train import Callback, LinearDecayCB, EMA
 from .monoflow import GAN_LOSSES, GANLoss, gan_loss
 
 # %% auto #0
-__all__ = ['GP_ON', 'positive', 'nonneg', 'pos_real', 'unit_interval', 'open_unit', 'init_std_rule', 'X_EMB_RULE', 'EMB_RULE',
-           'PRIORS', 'VANILLA_SPEED', 'DF_SPREAD', 'METHODS', 'BUILTIN_METHOD_MODULES', 'DISCR_FLOW_PRESETS',
-           'GAN_PRESETS', 'DiscriminatorField', 'GaussianPrior', 'MomentPrior', 'FreeParticles', 'per_sample_time',
-           'plain_random_states', 'push_loss', 'Generator', 'sample_shape', 'Recipe', 'flow_grid', 'ScaledData',
-           'spread', 'DiscrFlow', 'GAN', 'RunConfig', 'DiscriminatorConfig', 'DiscrFlowConfig', 'GANConfig', 'override',
-           'no_input_features', 'discriminator_net', 'generator_net', 'method_inputs', 'equilibrium_speed',
-           'particle_eta', 'free_particles', 'discr_flow', 'resolve_data_scale', 'gan', 'schedule_cbs', 'Method',
-           'register', 'all_methods', 'get_method', 'out_of_range', 'evaluate']
+__all__ = ['GP_ON', 'MOMENT_MAX_DIM', 'positive', 'nonneg', 'pos_real', 'unit_interval', 'open_unit', 'init_std_rule',
+           'X_EMB_RULE', 'EMB_RULE', 'PRIORS', 'VANILLA_SPEED', 'DF_SPREAD', 'METHODS', 'BUILTIN_METHOD_MODULES',
+           'DISCR_FLOW_PRESETS', 'GAN_PRESETS', 'DiscriminatorField', 'GaussianPrior', 'MomentPrior', 'FreeParticles',
+           'per_sample_time', 'plain_random_states', 'push_loss', 'Generator', 'sample_shape', 'Recipe', 'flow_grid',
+           'ScaledData', 'spread', 'DiscrFlow', 'GAN', 'RunConfig', 'DiscriminatorConfig', 'DiscrFlowConfig',
+           'GANConfig', 'override', 'no_input_features', 'discriminator_net', 'generator_net', 'method_inputs',
+           'equilibrium_speed', 'particle_eta', 'free_particles', 'discr_flow', 'resolve_data_scale', 'gan',
+           'schedule_cbs', 'Method', 'register', 'all_methods', 'get_method', 'out_of_range', 'evaluate']
 
 # %% ../nbs/16_gpm.ipynb #d58e02cd
 GP_ON = ('interp', 'real', 'fake')
@@ -94,29 +94,32 @@ class GaussianPrior:
     def __repr__(self): return f"GaussianPrior(shape={self.shape}, std={self.std:g})"
 
 # %% ../nbs/16_gpm.ipynb #ca25588e
+MOMENT_MAX_DIM = 4096   # the most coordinates per sample the 'moments' prior fits a full covariance for (64x64 grey)
+
 class MomentPrior(nn.Module, GaussianPrior):
-    "The prior m + L z, z ~ `GaussianPrior`: N(m, std^2 S) with the mean m and covariance S = L L^T of vector data (times `scale`), fitted from `n_fit` samples; buffers, so a checkpoint keeps them."
+    "The prior m + L z, z ~ `GaussianPrior`: N(m, std^2 S) with the data's mean m and covariance S = L L^T over the flattened samples (times `scale`), fitted from `n_fit` samples and lifted by a ridge; buffers, so a checkpoint keeps them."
     def __init__(self, data, # has `sample(n, device)`; one with `placeholder` set (a run rebuilt to load its checkpoint) is not fitted
-                 shape:tuple, # the samples' shape: (d,)
+                 shape:tuple, # one sample's shape: (d,) or (c, h, w)
                  std:float=1., # s: the covariance is scaled by s^2
                  scale:float=1., # fit the data times this (Discriminator Flow's `data_scale`)
-                 n_fit:int=20_000):
+                 n_fit:int=20_000,
+                 ridge:float=1e-3): # S + ridge * tr(S)/d I: constant coordinates get a little of the mean variance
         nn.Module.__init__(self); GaussianPrior.__init__(self, shape, std)
-        if len(shape) != 1: raise ValueError(f"the 'moments' prior is for vector data (n, d), not samples of shape {tuple(shape)}: use the 'normal' prior")
+        d = math.prod(shape)
+        if d > MOMENT_MAX_DIM: raise ValueError(f"the 'moments' prior fits a full covariance, {d}x{d} for samples of shape {tuple(shape)}: at most {MOMENT_MAX_DIM} coordinates; use the 'normal' prior")
         if data is None: raise ValueError("the 'moments' prior is fitted to data: pass the data (or a stand-in with `placeholder` set)")
-        d = shape[0]
         mean, chol = torch.zeros(d, dtype=torch.float64), torch.eye(d, dtype=torch.float64)
         if not getattr(data, 'placeholder', False):
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0); x = scale * data.sample(n_fit, device='cpu').double()
+                torch.manual_seed(0); x = scale * data.sample(n_fit, device='cpu').double().flatten(1)
             mean, cov = x.mean(0), torch.cov(x.T).reshape(d, d)
-            chol, info = torch.linalg.cholesky_ex(cov)
-            if info or not torch.isfinite(chol).all():
-                raise ValueError("the data's covariance is singular (a coordinate is constant or two are collinear): the 'moments' prior needs data that fill every direction; use the 'normal' prior")
+            level = cov.diagonal().mean()
+            if not level > 0: raise ValueError("the data have no variance (every sample the same point): the 'moments' prior has nothing to fit; use the 'normal' prior")
+            chol = torch.linalg.cholesky(cov + ridge * level * torch.eye(d, dtype=torch.float64))
         self.register_buffer('mean', mean.float()); self.register_buffer('chol', chol.float())
     def sample(self, n:int, device=None) -> Tensor:
         z = GaussianPrior.sample(self, n, device)
-        return self.mean.to(z.device) + z @ self.chol.to(z.device).T
+        return (self.mean.to(z.device) + z.flatten(1) @ self.chol.to(z.device).T).reshape(z.shape)
     def __repr__(self): return f"MomentPrior(shape={self.shape}, std={self.std:g})"
 
 

@@ -58,6 +58,24 @@ def test_moment_prior_is_fitted_to_the_data_and_kept_in_the_checkpoint(tmp_path)
     torch.manual_seed(0); z = model.particles.prior.sample(20000, 'cpu')
     torch.testing.assert_close(z.mean(0), model.prior.mean, atol=0.05, rtol=0)
 
+def test_moment_prior_fits_images_as_pixel_vectors(tmp_path):
+    "--prior moments on digits: the prior's mean and covariance are the pixels' (constant border pixels get the ridge), its draws keep the image shape."
+    out = tmp_path/'r'
+    train(**{**quick(steps=5, n_samples=64), 'data': 'digits'}, out=out, prior='moments')
+    model, _ = load_run(out)
+    x = get_dataset('digits').x.flatten(1)
+    assert model.prior.mean.shape == (64,) and load_run(out)[0].sample(7).shape == (7, 1, 8, 8)
+    torch.testing.assert_close(model.prior.mean, x.mean(0), atol=0.03, rtol=0)
+    cov = model.prior.chol @ model.prior.chol.T
+    torch.testing.assert_close(cov, torch.cov(x.T), atol=0.03, rtol=0)
+    assert (cov.diagonal()[x.std(0) == 0] > 0).all()                 # the blank pixels: a small variance, not a singular fit
+
+def test_moment_prior_refuses_images_too_large_for_a_full_covariance(capsys, tmp_path):
+    np.save(tmp_path/'big.npy', np.random.default_rng(0).normal(size=(8, 3, 64, 64)).astype('float32'))
+    code, out = cli(capsys, gpm_train, '--preset', 'quick', '--data', tmp_path/'big.npy', '--prior', 'moments', '--out', tmp_path/'x', '--quiet')
+    assert code == 2 and "at most 4096 coordinates; use the 'normal' prior" in out and 'Traceback' not in out, out
+    assert not (tmp_path/'x').exists()
+
 @pytest.mark.parametrize('method', METHOD_NAMES)
 def test_train_writes_the_run_folder(tmp_path, method):
     out = tmp_path/'r'
@@ -333,7 +351,6 @@ def test_digits_run_with_evaluations_is_not_declared_diverged(tmp_path):
     (('--K', 'many'), "config field K takes an int, got 'many'"),
     (('--gp', '-1'), 'config field gp must be >= 0'),
     (('--prior', 'fitted'), 'config field prior must be one of normal, moments'),
-    (('--data', 'digits', '--prior', 'moments'), "the 'moments' prior is for vector data"),
     (('--lr_decay', '2'), 'config field lr_decay must be in [0, 1]'),
     (('--steps',), '--steps needs a value'),
     (('stray',), "unexpected argument 'stray'")])
