@@ -4,7 +4,7 @@ from pathlib import Path
 from dataclasses import replace
 import pytest
 from gpm_nb.report import (run_cli, run_key, preset_repr, same_run, extra_tag, steps_args, check_runs, verdict, toy_table, toy_scatter, run_label, digits_table, report_toys,
-                           clusters, clusters_file)
+                           clusters, clusters_file, df_record_run, DF_RECORD_SETTING)
 from gpm_nb.gpm import METHODS
 
 def _run(**kw):
@@ -51,6 +51,17 @@ def test_run_cli_trains_once_then_reuses(tmp_path):
     assert r['key'] == run_key('quick', 'discr_flow', 'gaussians5', '--steps', '3', '--n_samples', '64')
     bad, _ = run_cli(tmp_path, 'quick', 'no_such_method', 'gaussians5')
     assert bad['status'] == 2 and 'no_such_method' in bad['err'] and not verdict(bad)[0]
+
+def test_df_record_run_pins_the_records_setting_under_the_extra_arguments(tmp_path):
+    "35-39's runs: the setting they were measured under on the command line, `extra` after it (the last flag wins), a folder of their own."
+    r, out = df_record_run(tmp_path, 'quick', 'gaussians5', '--gp', '0.3', '--steps', '2', '--n_samples', '64')
+    assert out == tmp_path/'discr_flow-gaussians5-record-gp-0.3-steps-2-n_samples-64' and r['status'] == 0, r['err']
+    assert r['key']['args'][3:] == ['--prior', 'normal', '--gp', '0.1', '--grid_anneal', '1', '--gp', '0.3', '--steps', '2', '--n_samples', '64']
+    cfg = json.loads((out/'config.json').read_text())['cfg']
+    assert (cfg['prior'], cfg['gp'], cfg['grid_anneal']) == ('normal', 0.3, 1.)
+    assert set(DF_RECORD_SETTING) == {'prior', 'gp', 'grid_anneal'}
+    _, out2 = df_record_run(tmp_path, 'quick', 'gaussians5', '--steps', '2', '--n_samples', '64', tag='')
+    assert out2 == tmp_path/'discr_flow-gaussians5-record'
 
 def test_run_cli_trains_again_when_the_command_or_the_preset_changed(tmp_path, monkeypatch):
     args = ('quick', 'discr_flow', 'gaussians5', '--steps', '3', '--n_samples', '64')
