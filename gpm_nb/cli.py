@@ -24,8 +24,8 @@ from .yardstick import digits_metrics
 # %% auto #0
 __all__ = ['CHECKPOINTS', 'Standardized', 'standardize', 'DataShape', 'preset_names', 'run_configs', 'make_run', 'to_model_scale',
            'to_data_scale', 'draw', 'plot_samples', 'DivergedError', 'DivergenceCB', 'degradation', 'far_from_data',
-           'train', 'read_log', 'gpm_train', 'load_run', 'sample_run', 'gpm_sample', 'count_nfe', 'bench',
-           'profile_ops', 'bench_compare', 'gpm_bench']
+           'train', 'read_log', 'gpm_train', 'load_run', 'sample_run', 'gpm_sample', 'count_nfe', 'GPUUtilisation',
+           'bench', 'profile_ops', 'bench_compare', 'gpm_bench']
 
 # %% ../nbs/20_cli.ipynb #aa63d969
 class Standardized:
@@ -435,6 +435,26 @@ def count_nfe(model:torch.nn.Module, # the trained model: its networks are its s
         for h in hooks: h.remove()
     return x, seen[0] / len(x)
 
+# %% ../nbs/20_cli.ipynb #fe1ea5ad
+class GPUUtilisation:
+    "Context manager: on a CUDA device, the mean of NVML's utilisation (% of time a kernel ran) read every `every` seconds in a thread; `mean` is None on a CPU or without NVML (`pynvml`)."
+    def __init__(self, device, every:float=0.05): self.device, self.every, self.mean, self._reads = torch.device(device), every, None, []
+    def _poll(self):
+        while not self._stop.wait(self.every): self._reads.append(torch.cuda.utilization(self.device))
+    def __enter__(self):
+        import threading
+        self._stop, self._thread = threading.Event(), None
+        if self.device.type == 'cuda':
+            try: torch.cuda.utilization(self.device)
+            except Exception: return self          # no NVML: nothing to read
+            self._thread = threading.Thread(target=self._poll, daemon=True); self._thread.start()
+        return self
+    def __exit__(self, *exc):
+        if self._thread is not None:
+            self._stop.set(); self._thread.join()
+            self._reads.append(torch.cuda.utilization(self.device))   # at least one read, however short the block
+            self.mean = sum(self._reads) / len(self._reads)
+
 # %% ../nbs/20_cli.ipynb #283c0ccd
 def bench(method:str='discr_flow', data:str='gaussians5', preset:str='gpu', iters:int=50, n_samples:int=10_000,
           device=None, profile:int=0, **overrides) -> dict:
@@ -445,15 +465,17 @@ def bench(method:str='discr_flow', data:str='gaussians5', preset:str='gpu', iter
     sync = _synchronizer(device)
     _reset_peak_mem(device)                                  # the peak of this model alone, whatever ran before in this process
     model.train_step(); sync()                               # warm-up
-    t0 = time.perf_counter()
-    for _ in range(iters): model.train_step()
-    sync(); its = iters / (time.perf_counter() - t0)
+    with GPUUtilisation(device) as util:
+        t0 = time.perf_counter()
+        for _ in range(iters): model.train_step()
+        sync(); its = iters / (time.perf_counter() - t0)
     model.eval()
     _, nfe = count_nfe(model, lambda: model.sample(min(n_samples, 256)))
     t0 = time.perf_counter(); x = model.sample(n_samples); sync(); t_sample = time.perf_counter() - t0
     out = dict(method=method, preset=preset, **overrides, device=str(device), threads=torch.get_num_threads(),
                train_it_per_s=round(its, 3), n_samples=len(x), nfe=round(nfe, 2), sample_seconds=round(t_sample, 3),
                samples_per_s=round(len(x) / t_sample, 1), peak_mem_mb=round(_peak_mem_mb(device), 1))
+    if util.mean is not None: out['gpu_util_pct'] = round(util.mean, 1)
     if profile: out['profile'] = profile_ops(model, min(iters, 10), profile)
     return out
 
@@ -482,7 +504,7 @@ def _median_seconds(fns:dict, reps:int, sync) -> dict:
     return {k: float(np.median(v)) for k, v in times.items()}
 
 def bench_compare(data:str='gaussians5', preset:str='gpu', iters:int=20, n_samples:int=2000, device=None, **overrides) -> dict:
-    "Seconds per Discriminator Flow training iteration and per `n_samples` samples: the plain computation, ours, ours with a bfloat16 flow."
+    "Seconds per Discriminator Flow training iteration and per `n_samples` samples: the plain computation, ours, ours with a bfloat16 flow (and on a GPU, each training iteration replayed from a CUDA graph)."
     check_count(iters, '--iters')
     device = device or default_device()
     model = make_run('discr_flow', data, preset, device=device, **overrides)['model']
@@ -496,8 +518,16 @@ def bench_compare(data:str='gaussians5', preset:str='gpu', iters:int=20, n_sampl
             try: return fn()
             finally: model.bf16 = was
         return run
+    def graphed(fn, on=True):
+        def run():
+            model.cuda_graph, was = on, model.cuda_graph
+            try: return fn()
+            finally: model.cuda_graph = was
+        return run
     model.train()
-    tr = _median_seconds(dict(plain=plain_step, ours=bf16(model.train_step, False), ours_bf16=bf16(model.train_step)), iters, sync)
+    steps = dict(plain=plain_step, ours=graphed(bf16(model.train_step, False), False), ours_bf16=graphed(bf16(model.train_step), False))
+    if torch.device(device).type == 'cuda': steps.update(ours_graph=graphed(bf16(model.train_step, False)), ours_graph_bf16=graphed(bf16(model.train_step)))
+    tr = _median_seconds(steps, iters, sync)
     model.eval()
     sa = _median_seconds(dict(plain=plain_sample, ours=bf16(lambda: model.sample(n_samples), False),
                               ours_bf16=bf16(lambda: model.sample(n_samples))), max(3, iters // 2), sync)
@@ -505,7 +535,7 @@ def bench_compare(data:str='gaussians5', preset:str='gpu', iters:int=20, n_sampl
     out.update(device=str(device), threads=torch.get_num_threads(), K=model.K, batch_size=n, n_samples=n_samples)
     for what, d in (('train', tr), ('sample', sa)):
         out.update({f'{what}_s_{k}': round(v, 6) for k, v in d.items()})
-        out.update({f'{what}_speedup_{k}': round(d['plain'] / d[k], 2) for k in ('ours', 'ours_bf16')})
+        out.update({f'{what}_speedup_{k}': round(d['plain'] / d[k], 2) for k in d if k != 'plain'})
     return out
 
 # %% ../nbs/20_cli.ipynb #a44307e4

@@ -279,7 +279,7 @@ def diffused_discr_flow(data, cfg:DiffusedDiscrFlowConfig=DiffusedDiscrFlowConfi
     data = method_inputs(data, cfg, DiffusedDiscrFlowConfig, run); shape = sample_shape(data)
     if cfg.data_scale != 1: raise ValueError(f"the diffused flow runs at the data's own scale, where its sigma_n is resolved: data_scale must be 1, got {cfg.data_scale}")
     return DiscrFlow(diffused_field(shape, cfg, cfg.t_emb, particle_eta(cfg)), free_particles(shape, cfg, data), data, run.batch_size, cfg.ema,
-                     cfg.bf16).to(device or default_device())
+                     cfg.bf16, cuda_graph=cfg.cuda_graph).to(device or default_device())
 
 # %% ../nbs/19_diffgan.ipynb #e2084c14
 DIFFUSION_GAN_PRESETS = {

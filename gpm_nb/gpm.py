@@ -17,18 +17,19 @@ from .data import as_data
 from .nets import MLP, ConvNet, ConvGenerator
 from .integrate import Field, FnField, integrate, as_grid
 from .metrics import energy_distance, sliced_w2, mmd, metric_floor, mode_stats
-from .train import Callback, LinearDecayCB, EMA
+from .train import Callback, LinearDecayCB, EMA, CudaGraphed, step_grads
 from .monoflow import GAN_LOSSES, GANLoss, gan_loss
 
 # %% auto #0
 __all__ = ['GP_ON', 'MOMENT_MAX_DIM', 'positive', 'nonneg', 'pos_real', 'unit_interval', 'open_unit', 'init_std_rule',
            'X_EMB_RULE', 'EMB_RULE', 'PRIORS', 'VANILLA_SPEED', 'DF_SPREAD', 'METHODS', 'BUILTIN_METHOD_MODULES',
            'DISCR_FLOW_PRESETS', 'GAN_PRESETS', 'DiscriminatorField', 'GaussianPrior', 'MomentPrior', 'FreeParticles',
-           'per_sample_time', 'plain_random_states', 'push_loss', 'Generator', 'sample_shape', 'Recipe', 'flow_grid',
-           'ScaledData', 'spread', 'DiscrFlow', 'GAN', 'RunConfig', 'DiscriminatorConfig', 'DiscrFlowConfig',
-           'GANConfig', 'override', 'no_input_features', 'discriminator_net', 'generator_net', 'method_inputs',
-           'equilibrium_speed', 'particle_eta', 'free_particles', 'discr_flow', 'resolve_data_scale', 'gan',
-           'schedule_cbs', 'Method', 'register', 'all_methods', 'get_method', 'out_of_range', 'evaluate']
+           'per_sample_time', 'plain_random_states', 'push_loss', 'Generator', 'sample_shape', 'Recipe',
+           'interp_weights', 'loss_values', 'flow_grid', 'ScaledData', 'spread', 'DiscrFlow', 'GAN', 'RunConfig',
+           'DiscriminatorConfig', 'DiscrFlowConfig', 'GANConfig', 'override', 'no_input_features', 'discriminator_net',
+           'generator_net', 'method_inputs', 'equilibrium_speed', 'particle_eta', 'free_particles', 'discr_flow',
+           'resolve_data_scale', 'gan', 'schedule_cbs', 'Method', 'register', 'all_methods', 'get_method',
+           'out_of_range', 'evaluate']
 
 # %% ../nbs/16_gpm.ipynb #d58e02cd
 GP_ON = ('interp', 'real', 'fake')
@@ -58,10 +59,11 @@ class DiscriminatorField(Field):
 
 # %% ../nbs/16_gpm.ipynb #089198fc
 @patch
-def grad_penalty(self:DiscriminatorField, x:Tensor, z:Tensor, t:Tensor) -> Tensor:
+def grad_penalty(self:DiscriminatorField, x:Tensor, z:Tensor, t:Tensor,
+                 a:Tensor|None=None) -> Tensor: # interpolation weights (n,) of 'interp' (None: drawn here)
     "Per-sample (||grad_x D(x_hat, t)|| - c)^2 at the points `gp_on` asks for (x: data, z: particles)."
     if self.gp_on == 'interp':
-        a = append_dims(torch.rand(len(x), device=x.device), x.dim())
+        a = append_dims(torch.rand(len(x), device=x.device) if a is None else a, x.dim())
         xh = a * x + (1 - a) * z
     else: xh = x if self.gp_on == 'real' else z
     xh = xh.detach().requires_grad_(True)
@@ -70,18 +72,25 @@ def grad_penalty(self:DiscriminatorField, x:Tensor, z:Tensor, t:Tensor) -> Tenso
 
 # %% ../nbs/16_gpm.ipynb #b0409d93
 @patch
-def fit_step(self:DiscriminatorField, x_data:Tensor, x_particles:Tensor, t:Tensor) -> dict:
-    "One optimiser step of the discriminator loss at times `t`; returns the losses."
+def fit_loss(self:DiscriminatorField, x_data:Tensor, x_particles:Tensor, t:Tensor,
+             a:Tensor|None=None) -> tuple: # the penalty's interpolation weights (n,) (None: drawn)
+    "The discriminator loss at times `t` and its parts (a dict of tensors), nothing read back to the host."
     if x_data.shape != x_particles.shape:
         raise ValueError(f"data {tuple(x_data.shape)} and particles {tuple(x_particles.shape)} must have the same shape")
     z = x_particles.detach()
     l_real, l_fake = self.loss.d_real(self.net(x_data, t)).mean(), self.loss.d_fake(self.net(z, t)).mean()
-    loss, out = l_real + l_fake, {}
+    loss, pen = l_real + l_fake, {}
     if self.gp:
-        pen = self.grad_penalty(x_data, z, t).mean()
-        loss, out['gp'] = loss + self.gp * pen, pen.item()
+        pen['gp'] = self.grad_penalty(x_data, z, t, a).mean()
+        loss = loss + self.gp * pen['gp']
+    return loss, dict(d_loss=loss, d_real=l_real, d_fake=l_fake, **pen)
+
+@patch
+def fit_step(self:DiscriminatorField, x_data:Tensor, x_particles:Tensor, t:Tensor) -> dict:
+    "One optimiser step of the discriminator loss at times `t`; returns the losses."
+    loss, parts = self.fit_loss(x_data, x_particles, t)
     self.opt.zero_grad(set_to_none=True); loss.backward(); self.opt.step()
-    return dict(d_loss=loss.item(), d_real=l_real.item(), d_fake=l_fake.item(), **out)
+    return {k: v.item() for k, v in parts.items()}
 
 # %% ../nbs/16_gpm.ipynb #85b0efbe
 class GaussianPrior:
@@ -174,6 +183,21 @@ def plain_random_states(particles:FreeParticles, field:Callable, n:int, device=N
     "`random_states` computed plainly, as GPM's paper and code write it: every particle's whole trajectory, the time per sample, then the chosen states."
     return particles.random_states(per_sample_time(field), n, device, whole=True)
 
+# %% ../nbs/16_gpm.ipynb #bfb77e00
+@patch
+@torch.no_grad()
+def states_at(self:FreeParticles, field:Callable, # the field the particles follow
+              z0:Tensor, # initial particles (n, *shape)
+              k:Tensor) -> Tensor: # each particle's step (n,), in [0, N)
+    "z_{k_i} of each particle's flow from `z0`, with fixed shapes (every particle takes N - 1 steps; each keeps its state at step k_i): what a CUDA graph can replay."
+    N, out = len(self.grid) - 1, z0.clone()
+    if N == 1: return out
+    def keep(j, t, x):
+        nonlocal out
+        if j: out = torch.where(append_dims(k == j, x.dim()), x, out)
+    integrate(field, z0, self.grid[:N], self.method, self.g, callback=keep)
+    return out
+
 # %% ../nbs/16_gpm.ipynb #293b42cc
 @patch
 def grid_for(self:FreeParticles, steps:int|None=None) -> Tensor:
@@ -218,15 +242,23 @@ class Generator(nn.Module):
 
 # %% ../nbs/16_gpm.ipynb #eeb06ed4
 @patch
+def surrogate(self:Generator, z:Tensor, # latents (n, latent)
+              field:Callable, # the field f(x, t) at the outputs
+              t:Tensor) -> tuple: # times (n,)
+    "The surrogate (4) at the outputs g(z), and its parts as tensors: the loss and the field's mean speed."
+    x = self.net(z)
+    v = field(x.detach(), t)
+    loss = push_loss(x, v)
+    return loss, dict(g_loss=loss, speed=v.flatten(1).norm(dim=1).mean())
+
+@patch
 def push(self:Generator, z:Tensor, # latents (n, latent)
          field:Callable, # the field f(x, t) at the outputs
          t:Tensor) -> dict: # times (n,)
     "One optimiser step moving the outputs g(z) along `field`; returns the surrogate loss and the mean speed."
-    x = self.net(z)
-    v = field(x.detach(), t)
-    loss = push_loss(x, v)
+    loss, parts = self.surrogate(z, field, t)
     self.opt.zero_grad(set_to_none=True); loss.backward(); self.opt.step()
-    return dict(g_loss=loss.item(), speed=v.flatten(1).norm(dim=1).mean().item())
+    return {k: v.item() for k, v in parts.items()}
 
 # %% ../nbs/16_gpm.ipynb #8acad6d2
 def sample_shape(data) -> tuple:
@@ -240,10 +272,30 @@ class Recipe(nn.Module):
         check_count(batch_size, 'batch_size')
         self.data, self.batch_size = data, batch_size
         self.register_buffer('_anchor', torch.zeros(0), persistent=False)
+        self._graphs, self._graph_of = {}, None   # CudaGraphed by (function, input shapes, precision); the tensors they were recorded on
     @property
     def device(self): return self._anchor.device
     @property
     def shape(self): return sample_shape(self.data)
+
+# %% ../nbs/16_gpm.ipynb #95c96c05
+@patch
+def captured(self:Recipe, fn:Callable, # a method of this recipe: tensors -> tensors, fixed shapes, nothing read back
+             *inputs:Tensor|None) -> CudaGraphed:
+    "The CUDA graph of `fn` for inputs like these (and this precision), recorded at its first use and again once the recipe's tensors are moved or replaced."
+    tensors = tuple(v.data_ptr() for v in (*self.parameters(), *self.buffers()))
+    if tensors != self._graph_of: self._graphs, self._graph_of = {}, tensors
+    key = (fn.__name__, tuple(None if v is None else tuple(v.shape) for v in inputs), getattr(self, 'bf16', False))
+    if key not in self._graphs: self._graphs[key] = CudaGraphed(fn, *inputs)
+    return self._graphs[key]
+
+def interp_weights(field, n:int, device) -> Tensor|None:
+    "The interpolation weights (n,) a field's 'interp' penalty draws, drawn here (None when it draws none): what a captured step takes as an input."
+    return torch.rand(n, device=device) if getattr(field, 'gp', 0) and getattr(field, 'gp_on', None) == 'interp' else None
+
+def loss_values(parts:dict) -> dict:
+    "A dict of scalar tensors as plain numbers, read back in one transfer."
+    return dict(zip(parts, torch.stack(list(parts.values())).tolist()))
 
 # %% ../nbs/16_gpm.ipynb #e97a4d3a
 def flow_grid(K:int, # number of steps
@@ -273,10 +325,12 @@ class DiscrFlow(Recipe):
                  batch_size:int=128, # data and particles per iteration
                  ema:float=0., # decay of the field average used to sample (0: none)
                  bf16:bool=False, # run the flow (not the field's training) with bfloat16 matrix products
-                 data_scale:float=1.): # the flow runs on the data times this (`resolve_data_scale`); samples come back in the data's scale
+                 data_scale:float=1., # the flow runs on the data times this (`resolve_data_scale`); samples come back in the data's scale
+                 cuda_graph:bool=True): # on a GPU, replay each iteration's flow and field gradients from a CUDA graph (`graph_step`), where the field has `fit_loss`
         if not data_scale > 0: raise ValueError(f"data_scale must be > 0, got {data_scale}: derive it from the data with `resolve_data_scale`")
         super().__init__(data if data_scale == 1 else ScaledData(data, data_scale), batch_size)
         self.field, self.particles, self.bf16, self.data_scale = field, particles, bf16, data_scale
+        self.cuda_graph = cuda_graph and hasattr(field, 'fit_loss')   # a field whose loss comes as tensors can be captured
         self.field_ema = EMA(field, ema) if ema else None
         if isinstance(particles.prior, nn.Module): self.prior = particles.prior   # a fitted prior's buffers go into the checkpoint
     @property
@@ -284,23 +338,52 @@ class DiscrFlow(Recipe):
     @property
     def sampling_field(self): return self.field if self.field_ema is None else self.field_ema
     def optimizers(self): return self.field.optimizers()
-    def flow_precision(self):
+    def flow_precision(self, cache:bool=True): # keep the weights' bfloat16 copies for the region (not under a CUDA graph: they would go stale)
         "Where the particles move: autocast to bfloat16 matrix products when `bf16` (a warning where they are slow), else plain float32."
         if self.bf16 and not native_bf16(self.device):
             warnings.warn(f"bf16 on {self.device}: this device has no native bfloat16 matrix products (`native_bf16`), so the flow "
                           f"runs tens of times slower than in float32; drop --bf16 (bf16=False)", stacklevel=2)
-        return torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16)
+        return torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16, cache_enabled=cache)
 
 # %% ../nbs/16_gpm.ipynb #095cf9c6
 @patch
 def train_step(self:DiscrFlow) -> dict:
     "One iteration: simulate the flow, pick a random step per particle, one field update there."
+    if self.cuda_graph and self.device.type == 'cuda': return self.graph_step()
     n, dev = self.batch_size, self.device
     x = self.data.sample(n, device=dev)
     with self.flow_precision(): z, t = self.particles.random_states(self.field, n, dev)
     losses = self.field.fit_step(x, z, t)
     if self.field_ema is not None: self.field_ema.update(self.field)
     return losses
+
+# %% ../nbs/16_gpm.ipynb #b159bb44
+@patch
+def draws(self:DiscrFlow) -> tuple:
+    "An iteration's random draws in `train_step`'s order: data x, prior draws z0, steps k, times t_k, and the penalty's interpolation weights a (None when unused)."
+    n, dev, N = self.batch_size, self.device, self.K
+    x = self.data.sample(n, device=dev)
+    z0 = self.particles.prior.sample(n, dev)
+    k = torch.randint(N, (n,), device=z0.device)
+    return x, z0, k, self.particles.grid.to(dev)[k].float(), interp_weights(self.field, n, dev)
+
+@patch
+def fixed_step(self:DiscrFlow, x:Tensor, z0:Tensor, k:Tensor, t:Tensor, a:Tensor|None) -> tuple:
+    "An iteration's computation on `draws`, with fixed shapes and nothing read back to the host: (the losses as a dict of tensors, the gradients of the field's trainable parameters)."
+    with self.flow_precision(cache=False): z = self.particles.states_at(self.field, z0, k)
+    loss, parts = self.field.fit_loss(x, z, t, a)
+    grads = torch.autograd.grad(loss, [p for p in self.field.parameters() if p.requires_grad])
+    return {name: v.detach() for name, v in parts.items()}, grads   # detached: a recorded graph keeps no autograd graph alive
+
+# %% ../nbs/16_gpm.ipynb #b05e2bde
+@patch
+def graph_step(self:DiscrFlow, capture:bool=True) -> dict: # False: `fixed_step` called directly (what a CPU can run)
+    "`train_step` as draws, `fixed_step` replayed from a CUDA graph (`Recipe.captured`), and the optimiser step: the same training to float rounding."
+    inputs = self.draws()
+    parts, grads = (self.captured(self.fixed_step, *inputs) if capture else self.fixed_step)(*inputs)
+    step_grads([p for p in self.field.parameters() if p.requires_grad], grads, self.field.optimizers())
+    if self.field_ema is not None: self.field_ema.update(self.field)
+    return loss_values(parts)
 
 # %% ../nbs/16_gpm.ipynb #dbebc3dc
 @patch
@@ -320,10 +403,12 @@ class GAN(Recipe):
                  data, # has `sample(n, device)`
                  batch_size:int=128, # data and latents per iteration
                  n_critic:int=1, # field updates per generator update
-                 ema:float=0.): # decay of the generator average used to sample (0: none)
+                 ema:float=0., # decay of the generator average used to sample (0: none)
+                 cuda_graph:bool=True): # on a GPU, replay each update's gradients from CUDA graphs (`graph_step`), where the field has `fit_loss`
         super().__init__(data, batch_size)
         check_count(n_critic, 'n_critic')
         self.field, self.generator, self.n_critic = field, generator, n_critic
+        self.cuda_graph = cuda_graph and hasattr(field, 'fit_loss')
         self.generator_ema = EMA(generator.net, ema) if ema else None
     def optimizers(self): return {**self.field.optimizers(), **self.generator.optimizers()}
 
@@ -331,6 +416,7 @@ class GAN(Recipe):
 @patch
 def train_step(self:GAN) -> dict:
     "n_critic field updates on data vs generator samples, then one push of the generator along the field."
+    if self.cuda_graph and self.device.type == 'cuda': return self.graph_step()
     n, dev = self.batch_size, self.device
     t = torch.zeros(n, device=dev)
     for _ in range(self.n_critic):
@@ -339,6 +425,39 @@ def train_step(self:GAN) -> dict:
     losses.update(self.generator.push(self.generator.prior.sample(n, dev), self.field, t))
     if self.generator_ema is not None: self.generator_ema.update(self.generator.net)
     return losses
+
+# %% ../nbs/16_gpm.ipynb #f7dca063
+@patch
+def critic_grads(self:GAN, z:Tensor, # latents (n, latent)
+                 x:Tensor, # data (n, ...)
+                 a:Tensor|None) -> tuple: # the penalty's interpolation weights (`interp_weights`)
+    "A field update's computation with fixed shapes and nothing read back: its losses at g(z) against `x` (a dict of tensors) and the field's gradients."
+    with torch.no_grad(): xg = self.generator(z)
+    loss, parts = self.field.fit_loss(x, xg, torch.zeros(len(x), device=x.device), a)
+    grads = torch.autograd.grad(loss, [p for p in self.field.parameters() if p.requires_grad])
+    return {k: v.detach() for k, v in parts.items()}, grads
+
+@patch
+def push_grads(self:GAN, z:Tensor) -> tuple: # latents (n, latent)
+    "The generator update's computation: the surrogate (4) at g(z) and its parts (a dict of tensors), and the generator's gradients."
+    loss, parts = self.generator.surrogate(z, self.field, torch.zeros(len(z), device=z.device))
+    grads = torch.autograd.grad(loss, [p for p in self.generator.parameters() if p.requires_grad])
+    return {k: v.detach() for k, v in parts.items()}, grads
+
+@patch
+def graph_step(self:GAN, capture:bool=True) -> dict: # False: the computations called directly (what a CPU can run)
+    "`train_step` with each update's gradients replayed from a CUDA graph and eager optimiser steps: the same draws in the same order, the same training to float rounding."
+    n, dev, g = self.batch_size, self.device, self.generator
+    run = lambda fn, *xs: (self.captured(fn, *xs) if capture else fn)(*xs)
+    for _ in range(self.n_critic):
+        z = g.prior.sample(n, dev); x = self.data.sample(n, device=dev)
+        parts, grads = run(self.critic_grads, z, x, interp_weights(self.field, n, dev))
+        step_grads([p for p in self.field.parameters() if p.requires_grad], grads, self.field.optimizers())
+    losses = loss_values(parts)
+    parts, grads = run(self.push_grads, g.prior.sample(n, dev))
+    step_grads([p for p in g.parameters() if p.requires_grad], grads, g.optimizers())
+    if self.generator_ema is not None: self.generator_ema.update(g.net)
+    return {**losses, **loss_values(parts)}
 
 # %% ../nbs/16_gpm.ipynb #52d99a11
 @patch
@@ -423,6 +542,7 @@ class DiscrFlowConfig(DiscriminatorConfig):
     data_scale: float = 1.     # the flow runs on the data times this; 0: derived when a run starts (`resolve_data_scale`)
     prior: str = 'normal'      # the particles start from 'normal': N(0, prior_std^2 I), or 'moments': N(m, prior_std^2 S), the data's mean and covariance (`MomentPrior`), in the flow's scale
     prior_std: float = 1.      # the prior's scale s
+    cuda_graph: bool = True    # on a GPU, replay each iteration's flow and gradients from a CUDA graph (`DiscrFlow.graph_step`); no effect on a CPU or on a field without `fit_loss`
     def __post_init__(self):
         super().__post_init__()
         if self.prior not in PRIORS: raise ValueError(f"config field prior must be one of {', '.join(PRIORS)}, got {self.prior!r}")
@@ -438,6 +558,7 @@ class GANConfig(DiscriminatorConfig):
     g_depth: int = 4           # generator MLP hidden layers
     g_lr: float = 2e-4         # Adam learning rate of the generator
     n_critic: int = 1          # discriminator updates per generator update
+    cuda_graph: bool = True    # on a GPU, replay each update's gradients from CUDA graphs (`GAN.graph_step`); no effect on a CPU or on a field without `fit_loss`
     def __post_init__(self):
         super().__post_init__()
         _check(self, latent=positive, g_width=positive, g_depth=positive, g_lr=pos_real, n_critic=positive)
@@ -531,7 +652,7 @@ def discr_flow(data, # has `sample(n, device)`, or a tensor / array of samples
     data = method_inputs(data, cfg, DiscrFlowConfig, run); shape = sample_shape(data)
     if not cfg.data_scale: raise ValueError("data_scale must be set: give it, or derive it from the data with `resolve_data_scale`")
     return DiscrFlow(_field(shape, cfg, cfg.t_emb, particle_eta(cfg)), free_particles(shape, cfg, data), data, run.batch_size, cfg.ema,
-                     cfg.bf16, cfg.data_scale).to(device or default_device())
+                     cfg.bf16, cfg.data_scale, cfg.cuda_graph).to(device or default_device())
 
 DF_SPREAD = 2.2   # the `spread` Discriminator Flow's presets were tuned at: the 5 Gaussians' (2.18)
 
@@ -552,7 +673,7 @@ def gan(data, # has `sample(n, device)`, or a tensor / array of samples
     "A GAN: a discriminator field pushing a generator from a N(0, I) latent."
     data = method_inputs(data, cfg, GANConfig, run); shape = sample_shape(data)
     generator = Generator(generator_net(shape, cfg), GaussianPrior((cfg.latent,)), cfg.g_lr, (cfg.beta1, cfg.beta2))
-    return GAN(_field(shape, cfg, 0, 1.), generator, data, run.batch_size, cfg.n_critic, cfg.ema).to(device or default_device())
+    return GAN(_field(shape, cfg, 0, 1.), generator, data, run.batch_size, cfg.n_critic, cfg.ema, cfg.cuda_graph).to(device or default_device())
 
 # %% ../nbs/16_gpm.ipynb #82e3d76a
 def schedule_cbs(run:RunConfig) -> list[Callback]:

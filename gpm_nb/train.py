@@ -18,7 +18,7 @@ from .core import rng_state, set_rng_state, fork_rng, seed_everything, check_cou
 __all__ = ['DIST_TIMEOUT_ENV', 'CKPT_FORMAT', 'dist_info', 'init_distributed', 'close_distributed', 'all_mean_', 'broadcast_',
            'average_gradients', 'mean_losses', 'rank_seed', 'save_checkpoint', 'CheckpointError', 'read_checkpoint',
            'load_checkpoint', 'Callback', 'NonFiniteLossError', 'Trainer', 'LogCB', 'EvalCB', 'CheckpointCB',
-           'ProgressCB', 'LinearDecayCB', 'BestCheckpointCB', 'EMA']
+           'ProgressCB', 'LinearDecayCB', 'BestCheckpointCB', 'EMA', 'CudaGraphed', 'step_grads']
 
 # %% ../nbs/04_train.ipynb #c6e355d7
 def dist_info() -> tuple[int, int]:
@@ -353,3 +353,37 @@ def update(self:EMA, net:nn.Module): # the network being trained, with `avg`'s s
         for k, b in abs_.items(): b.copy_(bs[k])
     self.n_updates += 1
     return self
+
+# %% ../nbs/04_train.ipynb #c52b265a
+class CudaGraphed:
+    "`fn(*inputs)` recorded once in a CUDA graph (after `warmup` calls on a side stream) and replayed on new inputs of the same shapes; `None` inputs stay `None`. Returns the graph's own outputs, overwritten by the next call."
+    def __init__(self, fn:Callable, # tensors -> tensors (any nesting); fixed shapes, nothing read back to the host
+                 *example:Tensor|None, # inputs on one CUDA device, or None
+                 warmup:int=3): # eager calls before the capture (autograd and cuBLAS set up their state)
+        bad = [i for i, e in enumerate(example) if e is not None and not (isinstance(e, Tensor) and e.is_cuda)]
+        if bad: raise ValueError(f"a CUDA graph records CUDA kernels: input {bad[0]} is not a CUDA tensor; capture on a GPU or call the function directly")
+        self.inputs = [None if e is None else e.detach().clone() for e in example]
+        side = torch.cuda.Stream(); side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(warmup): fn(*self.inputs)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph): self.outputs = fn(*self.inputs)
+    def __call__(self, *xs:Tensor|None):
+        if len(xs) != len(self.inputs): raise ValueError(f"this graph takes {len(self.inputs)} inputs, got {len(xs)}")
+        for i, (s, x) in enumerate(zip(self.inputs, xs)):
+            if (s is None) != (x is None) or (s is not None and s.shape != x.shape):
+                raise ValueError(f"input {i} must match the recorded one ({None if s is None else tuple(s.shape)}), got {None if x is None else tuple(x.shape)}: record a new graph")
+            if s is not None: s.copy_(x)
+        self.graph.replay()
+        return self.outputs
+
+# %% ../nbs/04_train.ipynb #9dce570b
+def step_grads(params:list, # the trainable parameters, in the order of `grads`
+               grads:tuple, # their gradients, computed elsewhere (e.g. by a replayed graph)
+               optimizers:dict): # name -> optimiser over `params`
+    "One optimiser step on given gradients: set each `.grad`, step every optimiser (its hooks run), drop the gradients again."
+    if len(params) != len(grads): raise ValueError(f"{len(params)} parameters but {len(grads)} gradients")
+    for p, g in zip(params, grads): p.grad = g
+    for opt in optimizers.values(): opt.step()
+    for p in params: p.grad = None
