@@ -512,25 +512,21 @@ def bench_compare(data:str='gaussians5', preset:str='gpu', iters:int=20, n_sampl
     n, parts, field = model.batch_size, model.particles, model.field
     def plain_step(): return field.fit_step(model.data.sample(n, device=device), *plain_random_states(parts, field, n, device))
     def plain_sample(): return parts.sample(per_sample_time(model.sampling_field), n_samples, device)
-    def bf16(fn, on=True):
+    def variant(fn, bf16=False, graph=False):
+        "`fn` run with the model's `bf16` and `cuda_graph` set so, then restored."
         def run():
-            model.bf16, was = on, model.bf16
+            was = model.bf16, model.cuda_graph
+            model.bf16, model.cuda_graph = bf16, graph
             try: return fn()
-            finally: model.bf16 = was
-        return run
-    def graphed(fn, on=True):
-        def run():
-            model.cuda_graph, was = on, model.cuda_graph
-            try: return fn()
-            finally: model.cuda_graph = was
+            finally: model.bf16, model.cuda_graph = was
         return run
     model.train()
-    steps = dict(plain=plain_step, ours=graphed(bf16(model.train_step, False), False), ours_bf16=graphed(bf16(model.train_step), False))
-    if torch.device(device).type == 'cuda': steps.update(ours_graph=graphed(bf16(model.train_step, False)), ours_graph_bf16=graphed(bf16(model.train_step)))
+    steps = dict(plain=plain_step, ours=variant(model.train_step), ours_bf16=variant(model.train_step, bf16=True))
+    if torch.device(device).type == 'cuda': steps.update(ours_graph=variant(model.train_step, graph=True), ours_graph_bf16=variant(model.train_step, True, True))
     tr = _median_seconds(steps, iters, sync)
     model.eval()
-    sa = _median_seconds(dict(plain=plain_sample, ours=bf16(lambda: model.sample(n_samples), False),
-                              ours_bf16=bf16(lambda: model.sample(n_samples))), max(3, iters // 2), sync)
+    draw = lambda: model.sample(n_samples)
+    sa = _median_seconds(dict(plain=plain_sample, ours=variant(draw), ours_bf16=variant(draw, bf16=True)), max(3, iters // 2), sync)
     out = dict(method='discr_flow', preset=preset, **overrides)
     out.update(device=str(device), threads=torch.get_num_threads(), K=model.K, batch_size=n, n_samples=n_samples)
     for what, d in (('train', tr), ('sample', sa)):
