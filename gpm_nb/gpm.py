@@ -17,7 +17,7 @@ from .data import as_data
 from .nets import MLP, ConvNet, ConvGenerator
 from .integrate import Field, FnField, integrate, as_grid
 from .metrics import energy_distance, sliced_w2, mmd, metric_floor, mode_stats
-from .train import Callback, LinearDecayCB, EMA, CudaGraphed, step_grads
+from .train import Callback, LinearDecayCB, EMA, CudaGraphed, loss_grads, step_grads
 from .monoflow import GAN_LOSSES, GANLoss, gan_loss
 
 # %% auto #0
@@ -371,9 +371,7 @@ def draws(self:DiscrFlow) -> tuple:
 def fixed_step(self:DiscrFlow, x:Tensor, z0:Tensor, k:Tensor, t:Tensor, a:Tensor|None) -> tuple:
     "An iteration's computation on `draws`, with fixed shapes and nothing read back to the host: (the losses as a dict of tensors, the gradients of the field's trainable parameters)."
     with self.flow_precision(cache=False): z = self.particles.states_at(self.field, z0, k)
-    loss, parts = self.field.fit_loss(x, z, t, a)
-    grads = torch.autograd.grad(loss, [p for p in self.field.parameters() if p.requires_grad])
-    return {name: v.detach() for name, v in parts.items()}, grads   # detached: a recorded graph keeps no autograd graph alive
+    return loss_grads(*self.field.fit_loss(x, z, t, a), self.field)
 
 # %% ../nbs/16_gpm.ipynb #b05e2bde
 @patch
@@ -381,7 +379,7 @@ def graph_step(self:DiscrFlow, capture:bool=True) -> dict: # False: `fixed_step`
     "`train_step` as draws, `fixed_step` replayed from a CUDA graph (`Recipe.captured`), and the optimiser step: the same training to float rounding."
     inputs = self.draws()
     parts, grads = (self.captured(self.fixed_step, *inputs) if capture else self.fixed_step)(*inputs)
-    step_grads([p for p in self.field.parameters() if p.requires_grad], grads, self.field.optimizers())
+    step_grads(self.field, grads)
     if self.field_ema is not None: self.field_ema.update(self.field)
     return loss_values(parts)
 
@@ -433,16 +431,12 @@ def critic_grads(self:GAN, z:Tensor, # latents (n, latent)
                  a:Tensor|None) -> tuple: # the penalty's interpolation weights (`interp_weights`)
     "A field update's computation with fixed shapes and nothing read back: its losses at g(z) against `x` (a dict of tensors) and the field's gradients."
     with torch.no_grad(): xg = self.generator(z)
-    loss, parts = self.field.fit_loss(x, xg, torch.zeros(len(x), device=x.device), a)
-    grads = torch.autograd.grad(loss, [p for p in self.field.parameters() if p.requires_grad])
-    return {k: v.detach() for k, v in parts.items()}, grads
+    return loss_grads(*self.field.fit_loss(x, xg, torch.zeros(len(x), device=x.device), a), self.field)
 
 @patch
 def push_grads(self:GAN, z:Tensor) -> tuple: # latents (n, latent)
     "The generator update's computation: the surrogate (4) at g(z) and its parts (a dict of tensors), and the generator's gradients."
-    loss, parts = self.generator.surrogate(z, self.field, torch.zeros(len(z), device=z.device))
-    grads = torch.autograd.grad(loss, [p for p in self.generator.parameters() if p.requires_grad])
-    return {k: v.detach() for k, v in parts.items()}, grads
+    return loss_grads(*self.generator.surrogate(z, self.field, torch.zeros(len(z), device=z.device)), self.generator)
 
 @patch
 def graph_step(self:GAN, capture:bool=True) -> dict: # False: the computations called directly (what a CPU can run)
@@ -452,10 +446,10 @@ def graph_step(self:GAN, capture:bool=True) -> dict: # False: the computations c
     for _ in range(self.n_critic):
         z = g.prior.sample(n, dev); x = self.data.sample(n, device=dev)
         parts, grads = run(self.critic_grads, z, x, interp_weights(self.field, n, dev))
-        step_grads([p for p in self.field.parameters() if p.requires_grad], grads, self.field.optimizers())
+        step_grads(self.field, grads)
     losses = loss_values(parts)
     parts, grads = run(self.push_grads, g.prior.sample(n, dev))
-    step_grads([p for p in g.parameters() if p.requires_grad], grads, g.optimizers())
+    step_grads(g, grads)
     if self.generator_ema is not None: self.generator_ema.update(g.net)
     return {**losses, **loss_values(parts)}
 

@@ -18,7 +18,8 @@ from .core import rng_state, set_rng_state, fork_rng, seed_everything, check_cou
 __all__ = ['DIST_TIMEOUT_ENV', 'CKPT_FORMAT', 'dist_info', 'init_distributed', 'close_distributed', 'all_mean_', 'broadcast_',
            'average_gradients', 'mean_losses', 'rank_seed', 'save_checkpoint', 'CheckpointError', 'read_checkpoint',
            'load_checkpoint', 'Callback', 'NonFiniteLossError', 'Trainer', 'LogCB', 'EvalCB', 'CheckpointCB',
-           'ProgressCB', 'LinearDecayCB', 'BestCheckpointCB', 'EMA', 'CudaGraphed', 'step_grads']
+           'ProgressCB', 'LinearDecayCB', 'BestCheckpointCB', 'EMA', 'CudaGraphed', 'trainable', 'loss_grads',
+           'step_grads']
 
 # %% ../nbs/04_train.ipynb #c6e355d7
 def dist_info() -> tuple[int, int]:
@@ -379,11 +380,20 @@ class CudaGraphed:
         return self.outputs
 
 # %% ../nbs/04_train.ipynb #9dce570b
-def step_grads(params:list, # the trainable parameters, in the order of `grads`
+def trainable(net:nn.Module) -> list:
+    "`net`'s parameters that take gradients, in their order."
+    return [p for p in net.parameters() if p.requires_grad]
+
+def loss_grads(loss:Tensor, parts:dict, net:nn.Module) -> tuple:
+    "What a computation to record returns: the loss's `parts` detached (so the graph keeps no autograd graph alive) and the gradients of `net`'s `trainable` parameters."
+    return {k: v.detach() for k, v in parts.items()}, torch.autograd.grad(loss, trainable(net))
+
+def step_grads(net:nn.Module, # its `trainable` parameters get `grads`
                grads:tuple, # their gradients, computed elsewhere (e.g. by a replayed graph)
-               optimizers:dict): # name -> optimiser over `params`
+               optimizers:dict|None=None): # name -> optimiser over them (default: `net.optimizers()`)
     "One optimiser step on given gradients: set each `.grad`, step every optimiser (its hooks run), drop the gradients again."
+    params = trainable(net)
     if len(params) != len(grads): raise ValueError(f"{len(params)} parameters but {len(grads)} gradients")
     for p, g in zip(params, grads): p.grad = g
-    for opt in optimizers.values(): opt.step()
+    for opt in (net.optimizers() if optimizers is None else optimizers).values(): opt.step()
     for p in params: p.grad = None

@@ -6,7 +6,7 @@ prints one JSON object per line and appends it to --out.
 
     python tools/gpu_bench.py --part all --out gpu_bench.jsonl
 """
-import argparse, json, time
+import argparse, json, tempfile, time
 import numpy as np, torch
 from gpm_nb.cli import bench, bench_compare
 from gpm_nb.gpm import all_methods, get_method
@@ -23,7 +23,7 @@ def main():
     ap.add_argument('--part', default='all', choices=('capture', 'methods', 'all'))
     a = ap.parse_args()
     if not torch.cuda.is_available(): raise SystemExit("gpu_bench: no CUDA device is visible; this benchmark times CUDA graphs")
-    img28 = '/tmp/gpm_img28.npy'     # MNIST's shape and range, random pixels: the speed does not depend on them
+    img28 = f'{tempfile.mkdtemp()}/img28.npy'   # MNIST's shape and range, random pixels: the speed does not depend on them
     np.save(img28, np.random.default_rng(0).random((10_000, 1, 28, 28), dtype=np.float32))
     rows = []
     if a.part in ('capture', 'all'):
