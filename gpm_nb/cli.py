@@ -177,10 +177,10 @@ def far_from_data(m:dict, # final metrics: `energy` and its real-vs-real `energy
     if e is None or not f > 0 or e <= max_floor * f: return None
     return (f"the samples do not fit the data: their energy distance, {e:.3g}, is {e / f:.0f}x the real-vs-real floor ({f:.2g}), "
             "where runs that fit end within about 10x. See samples.png; train longer (--steps), lower the learning rate (--lr), "
-            "or, for Discriminator Flow, anneal the flow's last steps (--grid_anneal 2) or strengthen the gradient penalty (--gp 1), "
-            "each of which fits tight clusters closer (34_report_arrays); on vector data whose clusters carry unequal mass, "
-            "start its particles from the data's moments, with a stronger gradient penalty and the annealed grid to keep tight clusters in place "
-            "(--prior moments --gp 0.3 --grid_anneal 2: 38_report_weights, 39_report_ring)")
+            "or, for Discriminator Flow, strengthen the gradient penalty (--gp 1), which fits tight clusters closer (34_report_arrays); "
+            "its cpu preset starts the particles from the data's moments and anneals the flow's last steps, which fit unequal masses "
+            "and keep tight clusters in place: a run from another setting can take them with --prior moments --gp 0.2 --grid_anneal 2 "
+            "(38_report_weights, 39_report_ring)")
 
 # %% ../nbs/20_cli.ipynb #b2370f74
 def _resume_settings(out:Path, method:str|None, data:str|None, preset:str|None, image_size:int|None, overrides:dict) -> tuple:
