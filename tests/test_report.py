@@ -162,3 +162,18 @@ def test_clusters_file_is_written_once_in_a_new_folder(tmp_path):
     mtime = Path(f).stat().st_mtime_ns
     assert clusters_file(tmp_path/'new'/'runs', 3) == f and Path(f).stat().st_mtime_ns == mtime          # kept, not redrawn
     assert np.array_equal(np.load(clusters_file(tmp_path/'other', 3)), x)                              # the same draw (seed 0)
+
+def test_the_sweep_record_holds_the_jobs_of_its_script():
+    "Each line of nbs/df_sweep_h200.jsonl (read by 39_report_ring) is a job of tools/df_sweep.py's two rounds, the command the report names, with its metrics."
+    import importlib.util
+    root = Path(__file__).parents[1]
+    spec = importlib.util.spec_from_file_location('df_sweep', root/'tools/df_sweep.py'); sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    jobs = {(d, s, setting, tuple(args)) for r in (1, 2) for queue in sweep.jobs(r) for d, s, setting, args in queue}
+    rows = [json.loads(l) for l in (root/'nbs/df_sweep_h200.jsonl').read_text().splitlines()]
+    assert len(rows) == 54 and {r['device'] for r in rows} == {'cuda', 'cpu'}
+    for r in rows:
+        assert (r['data'], r['seed'], r['setting'], tuple(r['args'])) in jobs, r
+        assert 'error' not in r and 0 < r['high_quality'] <= 1 and r['energy'] > 0 and r['energy_floor'] > 0, r
+    cpu = METHODS['discr_flow'].presets['cpu'][1]                       # the setting the sweep chose is the preset
+    assert sweep.GP02 == ('--prior', 'moments', '--gp', '0.2', '--grid_anneal', '2') and (cpu.prior, cpu.gp, cpu.grid_anneal) == ('moments', 0.2, 2.)
