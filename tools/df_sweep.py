@@ -37,8 +37,10 @@ def main():
     t0, lock, runs = time.time(), threading.Lock(), tempfile.mkdtemp()
     import torch; gpu_name = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     def worker(queue:list, device:str):
-        while time.time() - t0 < a.launch_s and queue:
-            with lock: data, seed, setting, args = queue.pop(0)
+        while time.time() - t0 < a.launch_s:
+            with lock:
+                if not queue: return
+                data, seed, setting, args = queue.pop(0)
             out = f'{runs}/{data}-{setting}-s{seed}'
             env = dict(os.environ, OMP_NUM_THREADS='1', MPLBACKEND='Agg', **({'CUDA_VISIBLE_DEVICES': ''} if device == 'cpu' else {}))
             cmd = [sys.executable, '-c', 'import sys; from gpm_nb.cli import gpm_train; gpm_train(sys.argv[1:])', '--method', 'discr_flow',
