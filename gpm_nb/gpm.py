@@ -103,10 +103,19 @@ class GaussianPrior:
     def __repr__(self): return f"GaussianPrior(shape={self.shape}, std={self.std:g})"
 
 # %% ../nbs/16_gpm.ipynb #ca25588e
-MOMENT_MAX_DIM = 4096   # the most coordinates per sample the 'moments' prior fits a full covariance for (64x64 grey)
+MOMENT_MAX_DIM = 4096   # the most coordinates per sample the 'moments' prior fits a full covariance for (64x64 grey); above: per coordinate
+
+def _coordinate_moments(data, n:int, scale:float=1., chunk:int=1000) -> tuple:
+    "(mean, variance) of each coordinate of `n` draws of `data` (times `scale`), drawn `chunk` at a time: memory for one chunk, not n."
+    s1 = s2 = 0.
+    for k in range(0, n, chunk):
+        x = scale * data.sample(min(chunk, n - k), device='cpu').double().flatten(1)
+        s1, s2 = s1 + x.sum(0), s2 + x.pow(2).sum(0)
+    mean = s1 / n
+    return mean, ((s2 - n * mean.pow(2)) / (n - 1)).clamp(min=0)
 
 class MomentPrior(nn.Module, GaussianPrior):
-    "The prior m + L z, z ~ `GaussianPrior`: N(m, std^2 S) with the data's mean m and covariance S = L L^T over the flattened samples (times `scale`), fitted from `n_fit` samples and lifted by a ridge; buffers, so a checkpoint keeps them."
+    "The prior m + L z, z ~ `GaussianPrior`: N(m, std^2 S) with the data's mean m and covariance S = L L^T over the flattened samples (times `scale`), fitted from `n_fit` samples and lifted by a ridge; buffers, so a checkpoint keeps them. Above `MOMENT_MAX_DIM` coordinates S is the diagonal of the covariance and `chol` the vector of its square roots."
     def __init__(self, data, # has `sample(n, device)`; one with `placeholder` set (a run rebuilt to load its checkpoint) is not fitted
                  shape:tuple, # one sample's shape: (d,) or (c, h, w)
                  std:float=1., # s: the covariance is scaled by s^2
@@ -114,22 +123,23 @@ class MomentPrior(nn.Module, GaussianPrior):
                  n_fit:int=20_000,
                  ridge:float=1e-3): # S + ridge * tr(S)/d I: constant coordinates get a little of the mean variance
         nn.Module.__init__(self); GaussianPrior.__init__(self, shape, std)
-        d = math.prod(shape)
-        if d > MOMENT_MAX_DIM: raise ValueError(f"the 'moments' prior fits a full covariance, {d}x{d} for samples of shape {tuple(shape)}: at most {MOMENT_MAX_DIM} coordinates; use the 'normal' prior")
+        d = math.prod(shape); self.full = d <= MOMENT_MAX_DIM
         if data is None: raise ValueError("the 'moments' prior is fitted to data: pass the data (or a stand-in with `placeholder` set)")
-        mean, chol = torch.zeros(d, dtype=torch.float64), torch.eye(d, dtype=torch.float64)
+        mean, chol = torch.zeros(d, dtype=torch.float64), torch.eye(d, dtype=torch.float64) if self.full else torch.ones(d, dtype=torch.float64)
         if not getattr(data, 'placeholder', False):
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0); x = scale * data.sample(n_fit, device='cpu').double().flatten(1)
-            mean, cov = x.mean(0), torch.cov(x.T).reshape(d, d)
-            level = cov.diagonal().mean()
+                torch.manual_seed(0)
+                if self.full: x = scale * data.sample(n_fit, device='cpu').double().flatten(1); mean, cov = x.mean(0), torch.cov(x.T).reshape(d, d)
+                else: mean, var = _coordinate_moments(data, n_fit, scale)
+            level = (cov.diagonal() if self.full else var).mean()
             if not level > 0: raise ValueError("the data have no variance (every sample the same point): the 'moments' prior has nothing to fit; use the 'normal' prior")
-            chol = torch.linalg.cholesky(cov + ridge * level * torch.eye(d, dtype=torch.float64))
+            chol = (torch.linalg.cholesky(cov + ridge * level * torch.eye(d, dtype=torch.float64)) if self.full
+                    else (var + ridge * level).sqrt())
         self.register_buffer('mean', mean.float()); self.register_buffer('chol', chol.float())
     def sample(self, n:int, device=None) -> Tensor:
-        z = GaussianPrior.sample(self, n, device)
-        return (self.mean.to(z.device) + z.flatten(1) @ self.chol.to(z.device).T).reshape(z.shape)
-    def __repr__(self): return f"MomentPrior(shape={self.shape}, std={self.std:g})"
+        z = GaussianPrior.sample(self, n, device).flatten(1); L = self.chol.to(z.device)
+        return (self.mean.to(z.device) + (z @ L.T if self.full else z * L)).reshape(n, *self.shape)
+    def __repr__(self): return f"MomentPrior(shape={self.shape}, std={self.std:g}{'' if self.full else ', diagonal'})"
 
 
 # %% ../nbs/16_gpm.ipynb #29bc3e2c
@@ -725,8 +735,8 @@ DISCR_FLOW_PRESETS = {
               DiscrFlowConfig(width=64, depth=2, t_emb=32, K=14, gp=0.1, gp_on='interp', eta=40., data_scale=0.)),
     'mnist': (RunConfig(steps=200_000, eval_every=10_000, n_eval=10_000),
               DiscrFlowConfig(loss='ipm', K=64, eta=2., gp=0.04, gp_center=0., gp_on='interp')),
-    'digits': (RunConfig(steps=3000, lr_decay=0.5, n_eval=5000),
-               DiscrFlowConfig(K=28, width=512, gp=0.1, gp_on='interp', eta=20., lr=2e-3, ema=0.999)),
+    'digits': (RunConfig(steps=6000, lr_decay=0.5, n_eval=5000),
+               DiscrFlowConfig(K=28, width=512, gp=0.1, gp_on='interp', eta=20., lr=2e-3, ema=0.999, prior='moments')),
 }
 GAN_PRESETS = {
     'gpu': (RunConfig(steps=1900), GANConfig()),

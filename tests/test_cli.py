@@ -70,11 +70,19 @@ def test_moment_prior_fits_images_as_pixel_vectors(tmp_path):
     torch.testing.assert_close(cov, torch.cov(x.T), atol=0.03, rtol=0)
     assert (cov.diagonal()[x.std(0) == 0] > 0).all()                 # the blank pixels: a small variance, not a singular fit
 
-def test_moment_prior_refuses_images_too_large_for_a_full_covariance(capsys, tmp_path):
-    np.save(tmp_path/'big.npy', np.random.default_rng(0).normal(size=(8, 3, 64, 64)).astype('float32'))
-    code, out = cli(capsys, gpm_train, '--preset', 'quick', '--data', tmp_path/'big.npy', '--prior', 'moments', '--out', tmp_path/'x', '--quiet')
-    assert code == 2 and "at most 4096 coordinates; use the 'normal' prior" in out and 'Traceback' not in out, out
-    assert not (tmp_path/'x').exists()
+def test_moment_prior_keeps_pixel_variances_of_images_too_large_for_a_full_covariance(tmp_path):
+    "--prior moments on 3x64x64 images (12288 coordinates, over MOMENT_MAX_DIM): the prior keeps each pixel's mean and variance, a checkpoint restores it, samples keep the shape."
+    rng = np.random.default_rng(0)
+    scale = np.linspace(0.05, 0.5, 3 * 64 * 64, dtype='float32').reshape(1, 3, 64, 64)      # a different spread for every pixel
+    np.save(tmp_path/'big.npy', np.clip(rng.normal(size=(400, 3, 64, 64)).astype('float32') * scale, -1, 1))
+    out = tmp_path/'x'
+    train(method='discr_flow', data=str(tmp_path/'big.npy'), preset='quick', quiet=True, out=out, prior='moments', steps=1, batch_size=8, K=2,
+          n_eval=16, n_samples=16, eval_every=1)
+    model, _ = load_run(out)
+    assert not model.prior.full and model.prior.chol.shape == (3 * 64 * 64,) and 'diagonal' in repr(model.prior)
+    x = get_dataset(str(tmp_path/'big.npy')).x.flatten(1)
+    torch.testing.assert_close(model.prior.chol, x.std(0), atol=0.05, rtol=0.1)   # 400 images: about 4% sampling error per pixel
+    assert model.prior.chol.argmax() > model.prior.chol.argmin() and model.sample(3).shape == (3, 3, 64, 64)
 
 @pytest.mark.parametrize('method', METHOD_NAMES)
 def test_train_writes_the_run_folder(tmp_path, method):
