@@ -81,6 +81,7 @@ def test_moment_prior_keeps_pixel_variances_of_images_too_large_for_a_full_covar
     model, _ = load_run(out)
     assert not model.prior.full and model.prior.chol.shape == (3 * 64 * 64,) and 'diagonal' in repr(model.prior)
     x = get_dataset(str(tmp_path/'big.npy')).x.flatten(1)
+    torch.testing.assert_close(model.prior.mean, x.mean(0), atol=0.03, rtol=0)   # 20,000 draws of the 400 images: their mean
     torch.testing.assert_close(model.prior.chol, x.std(0), atol=0.05, rtol=0.1)   # 400 images: about 4% sampling error per pixel
     assert model.prior.chol.argmax() > model.prior.chol.argmin() and model.sample(3).shape == (3, 3, 64, 64)
 
