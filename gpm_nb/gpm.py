@@ -129,9 +129,11 @@ class MomentPrior(nn.Module, GaussianPrior):
         if not getattr(data, 'placeholder', False):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
-                if self.full: x = scale * data.sample(n_fit, device='cpu').double().flatten(1); mean, cov = x.mean(0), torch.cov(x.T).reshape(d, d)
+                if self.full:
+                    x = scale * data.sample(n_fit, device='cpu').double().flatten(1)
+                    mean, cov = x.mean(0), torch.cov(x.T).reshape(d, d); var = cov.diagonal()
                 else: mean, var = _coordinate_moments(data, n_fit, scale)
-            level = (cov.diagonal() if self.full else var).mean()
+            level = var.mean()
             if not level > 0: raise ValueError("the data have no variance (every sample the same point): the 'moments' prior has nothing to fit; use the 'normal' prior")
             chol = (torch.linalg.cholesky(cov + ridge * level * torch.eye(d, dtype=torch.float64)) if self.full
                     else (var + ridge * level).sqrt())
