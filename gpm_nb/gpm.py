@@ -731,8 +731,8 @@ def get_method(name:str) -> Method:
 DISCR_FLOW_PRESETS = {
     'gpu': (RunConfig(), DiscrFlowConfig()),
     'cpu': (RunConfig(steps=4000, lr_decay=0.5, n_eval=5000),
-            DiscrFlowConfig(K=28, width=256, depth=3, init_std=0., gp=0.2, gp_on='interp', eta=40., data_scale=0.,
-                            prior='moments', grid_anneal=2.)),
+            DiscrFlowConfig(K=28, width=256, depth=3, init_std=0., gp=0.4, gp_on='interp', eta=40., data_scale=0.,
+                            prior='moments', grid_anneal=2., x_emb=64, x_freq=0.25)),
     'quick': (RunConfig(steps=150, eval_every=150, n_eval=500),
               DiscrFlowConfig(width=64, depth=2, t_emb=32, K=14, gp=0.1, gp_on='interp', eta=40., data_scale=0.)),
     'mnist': (RunConfig(steps=200_000, eval_every=10_000, n_eval=10_000),

@@ -153,12 +153,12 @@ def clusters_file(runs:Path, d:int) -> str:
     return str(path)
 
 # %% ../nbs/30_report.ipynb #b79ce13e
-DF_RECORD_SETTING = dict(prior='normal', gp=0.1, grid_anneal=1.)   # Discriminator Flow's cpu preset before 39_report_ring: N(0, I), penalty 0.1, uniform grid
+DF_RECORD_SETTING = dict(prior='normal', gp=0.1, grid_anneal=1., x_emb=0)   # Discriminator Flow's cpu preset before 39_report_ring: N(0, I), penalty 0.1, uniform grid, no input features
 
 def df_record_run(runs:Path, preset:str, data:str, *extra, # run_cli's folder, preset, data and gpm_train's extra arguments
                   tag:str|None=None) -> tuple: # the folder's suffix after 'record' (default: named after `extra`, `extra_tag`)
     "A Discriminator Flow run of the records (30_report after its toy table, 34's, 35-39): `preset` with the setting they were measured under (`DF_RECORD_SETTING`) and `extra` on top (`run_cli`), in a folder of its own: `discr_flow-<data>-record-<tag>`."
-    pins = [a for k, v in DF_RECORD_SETTING.items() for a in (f'--{k}', f'{v:g}' if isinstance(v, float) else v)]
+    pins = [a for k, v in DF_RECORD_SETTING.items() for a in (f'--{k}', f'{v:g}' if isinstance(v, float) else str(v))]
     name = extra_tag(*extra) if tag is None else tag
     return run_cli(runs, preset, 'discr_flow', data, *pins, *extra, tag='record' + (f'-{name}' if name else ''))
 

@@ -6,7 +6,8 @@ from gpm_nb.metrics import energy_distance, metric_floor
 
 # share of samples within 3 std of a mode, and the energy-distance bar: an absolute value (the discriminator
 # methods, issue "one field protocol") or a multiple of the real-vs-real floor (the score methods, issue "scores")
-BARS = {'discr_flow': (0.95, 0.02, None), 'gan': (0.95, 0.02, None),
+BARS = {'discr_flow': (0.97, 0.02, None),   # the issue's bar: 98.2% on this seed with its input features; seeds 1, 2: 96.9%, 97.4% (30_report)
+        'gan': (0.95, 0.02, None),
         'edm': (0.95, None, 3.), 'sd_flow': (0.95, None, 3.),
         'score_gan': (0.9, None, 10.),   # below the issue's 0.95 / 3x: its cpu preset levels off at 0.93-0.95 (17_score_models)
         'diffflow': (0.95, None, 3.),     # its best split (1) on the 5 Gaussians: 0.975-0.977, 0.6-1.7x the floor (18_diffflow)

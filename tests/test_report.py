@@ -56,10 +56,11 @@ def test_df_record_run_pins_the_records_setting_under_the_extra_arguments(tmp_pa
     "35-39's runs: the setting they were measured under on the command line, `extra` after it (the last flag wins), a folder of their own."
     r, out = df_record_run(tmp_path, 'quick', 'gaussians5', '--gp', '0.3', '--steps', '2', '--n_samples', '64')
     assert out == tmp_path/'discr_flow-gaussians5-record-gp-0.3-steps-2-n_samples-64' and r['status'] == 0, r['err']
-    assert r['key']['args'][3:] == ['--prior', 'normal', '--gp', '0.1', '--grid_anneal', '1', '--gp', '0.3', '--steps', '2', '--n_samples', '64']
+    assert r['key']['args'][3:] == ['--prior', 'normal', '--gp', '0.1', '--grid_anneal', '1', '--x_emb', '0',
+                                    '--gp', '0.3', '--steps', '2', '--n_samples', '64']
     cfg = json.loads((out/'config.json').read_text())['cfg']
-    assert (cfg['prior'], cfg['gp'], cfg['grid_anneal']) == ('normal', 0.3, 1.)
-    assert set(DF_RECORD_SETTING) == {'prior', 'gp', 'grid_anneal'}
+    assert (cfg['prior'], cfg['gp'], cfg['grid_anneal'], cfg['x_emb']) == ('normal', 0.3, 1., 0)
+    assert set(DF_RECORD_SETTING) == {'prior', 'gp', 'grid_anneal', 'x_emb'}
     _, out2 = df_record_run(tmp_path, 'quick', 'gaussians5', '--steps', '2', '--n_samples', '64', tag='')
     assert out2 == tmp_path/'discr_flow-gaussians5-record'
 
@@ -175,5 +176,6 @@ def test_the_sweep_record_holds_the_jobs_of_its_script():
     for r in rows:
         assert (r['data'], r['seed'], r['setting'], tuple(r['args'])) in jobs, r
         assert 'error' not in r and 0 < r['high_quality'] <= 1 and r['energy'] > 0 and r['energy_floor'] > 0, r
-    cpu = METHODS['discr_flow'].presets['cpu'][1]                       # the setting the sweep chose is the preset
-    assert sweep.GP02 == ('--prior', 'moments', '--gp', '0.2', '--grid_anneal', '2') and (cpu.prior, cpu.gp, cpu.grid_anneal) == ('moments', 0.2, 2.)
+    cpu = METHODS['discr_flow'].presets['cpu'][1]                       # the setting the sweep chose is the preset's start and grid
+    assert sweep.GP02 == ('--prior', 'moments', '--gp', '0.2', '--grid_anneal', '2') and (cpu.prior, cpu.grid_anneal) == ('moments', 2.)
+    assert (cpu.x_emb, cpu.gp) == (64, 0.4)                              # with the input features that came later, a stronger penalty (30_report)
