@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['DF_RECORD_SETTING', 'run_key', 'preset_repr', 'same_run', 'run_cli', 'extra_tag', 'steps_args', 'verdict',
            'check_runs', 'toy_table', 'toy_scatter', 'run_label', 'digits_table', 'digit_grids', 'report_toys',
-           'clusters', 'clusters_file', 'df_record_run']
+           'clusters', 'clusters_file', 'record_args', 'df_record_run']
 
 # %% ../nbs/30_report.ipynb #b3d811d3
 import json, math, os, re, shutil, subprocess, sys, time
@@ -155,10 +155,13 @@ def clusters_file(runs:Path, d:int) -> str:
 # %% ../nbs/30_report.ipynb #b79ce13e
 DF_RECORD_SETTING = dict(prior='normal', gp=0.1, grid_anneal=1., x_emb=0)   # Discriminator Flow's cpu preset before 39_report_ring: N(0, I), penalty 0.1, uniform grid, no input features
 
+def record_args() -> list:
+    "gpm_train's arguments that pin `DF_RECORD_SETTING`: ['--prior', 'normal', '--gp', '0.1', ...]."
+    return [a for k, v in DF_RECORD_SETTING.items() for a in (f'--{k}', f'{v:g}' if isinstance(v, float) else str(v))]
+
 def df_record_run(runs:Path, preset:str, data:str, *extra, # run_cli's folder, preset, data and gpm_train's extra arguments
                   tag:str|None=None) -> tuple: # the folder's suffix after 'record' (default: named after `extra`, `extra_tag`)
     "A Discriminator Flow run of the records (30_report after its toy table, 34's, 35-39): `preset` with the setting they were measured under (`DF_RECORD_SETTING`) and `extra` on top (`run_cli`), in a folder of its own: `discr_flow-<data>-record-<tag>`."
-    pins = [a for k, v in DF_RECORD_SETTING.items() for a in (f'--{k}', f'{v:g}' if isinstance(v, float) else str(v))]
     name = extra_tag(*extra) if tag is None else tag
-    return run_cli(runs, preset, 'discr_flow', data, *pins, *extra, tag='record' + (f'-{name}' if name else ''))
+    return run_cli(runs, preset, 'discr_flow', data, *record_args(), *extra, tag='record' + (f'-{name}' if name else ''))
 

@@ -7,6 +7,7 @@ run's final metrics one JSON line in --out. Jobs start in the order listed until
     python tools/df_sweep.py --round 1 --out sweep.jsonl --gpu_workers 8 --cpu_workers 7
 """
 import argparse, json, os, subprocess, sys, tempfile, threading, time
+from gpm_nb.report import record_args
 
 CAND = ('--prior', 'moments', '--gp', '0.3', '--grid_anneal', '2')   # 39_report_ring's candidate; later arguments override earlier ones
 GP02 = ('--prior', 'moments', '--gp', '0.2', '--grid_anneal', '2')
@@ -45,7 +46,7 @@ def main():
             env = dict(os.environ, OMP_NUM_THREADS='1', MPLBACKEND='Agg', **({'CUDA_VISIBLE_DEVICES': ''} if device == 'cpu' else {}))
             cmd = [sys.executable, '-c', 'import sys; from gpm_nb.cli import gpm_train; gpm_train(sys.argv[1:])', '--method', 'discr_flow',
                    '--data', data, '--preset', 'cpu', '--seed', str(seed), '--out', out, '--quiet',
-                   '--x_emb', '0', *args]   # the preset's input features came after these runs (30_report): off, as they ran
+                   *record_args(), *args]   # the preset as these runs had it (30_report's records); args override its start, penalty and grid
             rec, t = dict(data=data, seed=seed, setting=setting, args=list(args), device=device), time.time()
             try:
                 p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=max(1., a.kill_s - (time.time() - t0)))
