@@ -4,7 +4,7 @@
 
 # %% ../nbs/20_cli.ipynb #ed106a2c
 from __future__ import annotations
-import argparse, inspect, json, math, sys, time
+import argparse, inspect, json, math, os, sys, time
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Callable
@@ -25,7 +25,7 @@ from .yardstick import digits_metrics
 __all__ = ['CHECKPOINTS', 'Standardized', 'standardize', 'DataShape', 'preset_names', 'run_configs', 'make_run', 'to_model_scale',
            'to_data_scale', 'draw', 'plot_samples', 'DivergedError', 'DivergenceCB', 'degradation', 'far_from_data',
            'train', 'read_log', 'gpm_train', 'load_run', 'sample_run', 'gpm_sample', 'count_nfe', 'GPUUtilisation',
-           'bench', 'profile_ops', 'bench_compare', 'gpm_bench']
+           'bench', 'profile_ops', 'bench_compare', 'cpu_contention', 'gpm_bench']
 
 # %% ../nbs/20_cli.ipynb #aa63d969
 class Standardized:
@@ -534,6 +534,19 @@ def bench_compare(data:str='gaussians5', preset:str='gpu', iters:int=20, n_sampl
         out.update({f'{what}_speedup_{k}': round(d['plain'] / d[k], 2) for k in d if k != 'plain'})
     return out
 
+# %% ../nbs/20_cli.ipynb #eec936d8
+def cpu_contention(load:float|None=None, # 1-minute load average (None: the machine's, where the platform has one)
+                   cores:int|None=None) -> str|None: # CPUs this process may use (None: its affinity set)
+    "A warning when other processes keep every CPU busy (load average >= cores), else None: timings taken then are not the code's."
+    if load is None:
+        if not hasattr(os, 'getloadavg'): return None   # Windows: no load average to read
+        load = os.getloadavg()[0]
+    cores = cores or (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count())
+    if load < cores: return None
+    return (f"the machine is busy (load average {load:.1f} on {cores} CPUs): this benchmark shares the CPUs with other "
+            f"processes and its figures will come out low (PyTorch's OpenMP threads waiting on busy cores can make them "
+            f"many times too low); run it alone")
+
 # %% ../nbs/20_cli.ipynb #a44307e4
 def gpm_bench(argv:list|None=None):
     "Print training iterations/s, sampling NFE, samples/s and peak memory (and the top operators with --profile) of a method, or of every method."
@@ -548,6 +561,7 @@ def gpm_bench(argv:list|None=None):
     a, rest = ap.parse_known_args(argv)
     kw = _parse_overrides('gpm_bench', rest)
     methods = list(all_methods()) if a.method == 'all' else [a.method]
+    if default_device().type == 'cpu' and (busy := cpu_contention()): print(f"gpm_bench: warning: {busy}", file=sys.stderr, flush=True)
     if a.compare and methods != ['discr_flow']: _fail('gpm_bench', f"--compare times Discriminator Flow: drop --method {a.method} or use --method discr_flow")
     try:
         if a.compare: return print(json.dumps(bench_compare(a.data, a.preset, a.iters, a.n_samples, **kw), indent=1), flush=True)

@@ -6,7 +6,7 @@ from gpm_nb.core import seed_everything
 from gpm_nb.data import ArrayData, load_digits, get_dataset
 from gpm_nb.gpm import METHODS, all_methods, RunConfig, DiscrFlow, flow_grid, spread
 from gpm_nb.train import read_checkpoint, load_checkpoint, NonFiniteLossError, CheckpointError
-from gpm_nb.cli import (train, make_run, run_configs, standardize, sample_run, load_run, bench, bench_compare, gpm_train, gpm_sample, gpm_bench,
+from gpm_nb.cli import (train, make_run, run_configs, standardize, sample_run, load_run, bench, bench_compare, cpu_contention, gpm_train, gpm_sample, gpm_bench,
                         read_log, DivergedError, DivergenceCB)
 from helpers import cli
 
@@ -579,7 +579,8 @@ def test_bench_reports_figures(method):
     assert b['train_it_per_s'] > 0 and b['peak_mem_mb'] > 0 and b['n_samples'] == 500 and b['threads'] >= 1
     assert b['sample_seconds'] >= 0 and (METHODS[method].pusher == 'generator' or b['sample_seconds'] > 0)   # a generator may take < 0.5 ms (rounds to 0)
 
-def test_gpm_bench_cli(capsys):
+def test_gpm_bench_cli(capsys, monkeypatch):
+    monkeypatch.setattr(os, 'getloadavg', lambda: (0., 0., 0.))   # an idle machine: stdout + stderr is the JSON alone
     code, out = cli(capsys, gpm_bench, '--method', 'gan', '--preset', 'quick', '--iters', 1, '--n_samples', 10)
     assert code == 0 and json.loads(out)['n_samples'] == 10, out
     code, out = cli(capsys, gpm_bench, '--method', 'gan9', '--preset', 'quick')
@@ -596,7 +597,16 @@ def test_bench_compare_times_the_three_variants():
         assert all(b[f'{what}_s_{k}'] > 0 for k in ('plain', 'ours', 'ours_bf16'))
         for k in ('ours', 'ours_bf16'): assert abs(b[f'{what}_speedup_{k}'] - b[f'{what}_s_plain'] / b[f'{what}_s_{k}']) < 0.02
 
-def test_gpm_bench_compare_cli(capsys):
+def test_cpu_contention_warns_when_every_cpu_is_busy(capsys, monkeypatch):
+    assert cpu_contention(load=0.5, cores=2) is None and cpu_contention(load=7.9, cores=8) is None
+    assert 'load average 2.0 on 2 CPUs' in cpu_contention(load=2., cores=2) and 'run it alone' in cpu_contention(load=2., cores=2)
+    monkeypatch.setattr(os, 'getloadavg', lambda: (64., 64., 64.))
+    code = gpm_bench(['--method', 'gan', '--preset', 'quick', '--iters', '1', '--n_samples', '10']); cap = capsys.readouterr()
+    assert code is None and json.loads(cap.out)['n_samples'] == 10, cap.out                      # the figures still print, on stdout
+    assert cap.err.startswith('gpm_bench: warning: the machine is busy (load average 64.0') and 'run it alone' in cap.err, cap.err
+
+def test_gpm_bench_compare_cli(capsys, monkeypatch):
+    monkeypatch.setattr(os, 'getloadavg', lambda: (0., 0., 0.))
     code, out = cli(capsys, gpm_bench, '--compare', '--preset', 'quick', '--iters', 1, '--n_samples', 16, '--K', 4)
     assert code == 0 and json.loads(out)['K'] == 4 and 'train_speedup_ours_bf16' in json.loads(out), out
     code, out = cli(capsys, gpm_bench, '--compare', '--method', 'gan', '--preset', 'quick')
