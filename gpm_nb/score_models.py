@@ -364,6 +364,8 @@ EDM_PRESETS = {
             EDMConfig(width=256, depth=3, sigma_data=0., sigma_min=0., sigma_max=0., sampler='dpmpp_2m', sample_steps=13, ema=0.999, x_emb=64)),
     'quick': (RunConfig(steps=300, eval_every=300, n_eval=500),
               EDMConfig(width=64, depth=2, t_emb=32, lr=1e-3, sigma_data=0., sigma_min=0., sigma_max=0., sampler='dpmpp_2m', sample_steps=13, x_emb=64)),
+    'digits': (RunConfig(steps=6000, batch_size=128, lr_decay=0.5, eval_every=1500, n_eval=5000),   # images: a U-Net of 32 channels
+               EDMConfig(width=256, depth=3, lr=5e-4, sigma_data=0., sigma_min=0., sigma_max=0., sampler='dpmpp_2m', sample_steps=13, ema=0.999)),
 }
 SD_FLOW_PRESETS = {
     'gpu': (RunConfig(steps=4000, batch_size=512), SDFlowConfig()),
@@ -381,7 +383,8 @@ SCORE_GAN_PRESETS = {
               ScoreGANConfig(width=64, depth=2, t_emb=32, lr=1e-3, fake_lr=1e-3, teacher_steps=100, n_fake=1, latent=16, g_width=64,
                              g_depth=2, g_lr=2e-3)),
 }
-register(Method('edm', 'learned denoiser D(x, sigma) (scores)', 'free particles', Diffusion, EDMConfig, EDM_PRESETS, edm, resolve_noise))
+register(Method('edm', 'learned denoiser D(x, sigma) (scores)', 'free particles', Diffusion, EDMConfig, EDM_PRESETS, edm, resolve_noise,
+                image_preset='digits'))
 register(Method('sd_flow', 'kernel score difference', 'generator', ScoreGenerator, SDFlowConfig, SD_FLOW_PRESETS, sd_flow))
 register(Method('score_gan', 'data minus fake denoiser (score difference)', 'generator', ScoreGenerator, ScoreGANConfig,
                 SCORE_GAN_PRESETS, score_gan, resolve_score_gan))

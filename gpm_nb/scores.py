@@ -219,7 +219,8 @@ def edm_defaults(x:Tensor, # data, (n, d) or (n, c, h, w), n >= 2
     nn_d = torch.cdist(u, u, compute_mode='donot_use_mm_for_euclid_dist').fill_diagonal_(math.inf).min(1).values if len(u) > 1 else u.new_zeros(0)
     if len(nn_d) == 0 or b == 0: raise ValueError("the data have no spread (all samples equal): no scale to derive noise levels from")
     u = 2 * kl_tol / (a + math.sqrt(a * a + 4 * b * kl_tol))                          # root of b u^2 + a u = kl_tol, u = 1/sigma^2
-    return dict(sigma_data=sd, sigma_min=0.1 * nn_d.median().item(), sigma_max=1 / math.sqrt(u), rho=7.,
+    s_min = 0.1 * math.sqrt(2 / x.shape[1]) * nn_d.median().item()                    # noise of RMS length 0.14 NN in any dimension
+    return dict(sigma_data=sd, sigma_min=s_min, sigma_max=1 / math.sqrt(u), rho=7.,
                 P_mean=math.log(sd) - 1.2 - math.log(0.5), P_std=1.2)
 
 # %% ../nbs/11_scores.ipynb #e13cfbe3
