@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['DF_RECORD_SETTING', 'run_key', 'preset_repr', 'same_run', 'run_cli', 'extra_tag', 'steps_args', 'verdict',
            'check_runs', 'toy_table', 'toy_scatter', 'run_label', 'digits_table', 'digit_grids', 'report_toys',
-           'clusters', 'clusters_file', 'record_args', 'df_record_run']
+           'clusters', 'clusters_file', 'record_args', 'df_record_run', 'redraw_ratios']
 
 # %% ../nbs/30_report.ipynb #b3d811d3
 import json, math, os, re, shutil, subprocess, sys, time
@@ -165,3 +165,16 @@ def df_record_run(runs:Path, preset:str, data:str, *extra, # run_cli's folder, p
     name = extra_tag(*extra) if tag is None else tag
     return run_cli(runs, preset, 'discr_flow', data, *record_args(), *extra, tag='record' + (f'-{name}' if name else ''))
 
+
+# %% ../nbs/30_report.ipynb #461ba85c
+def redraw_ratios(out, # a run folder on digits
+                  draws:int=5, n:int=5000) -> list:
+    "FD / floor of `draws` fresh draws of `n` samples from the run in `out`, sampling seeds 0 .. draws-1: the yardstick's spread for one model."
+    import torch
+    from gpm_nb.cli import sample_run
+    from gpm_nb.yardstick import digits_metrics
+    ratios = []
+    for s in range(draws):
+        torch.manual_seed(s); m = digits_metrics(sample_run(out, n, device='cpu').float().clamp(-1, 1))
+        ratios.append(m['fd'] / m['fd_floor'])
+    return ratios
