@@ -149,15 +149,13 @@ def test_edm_defaults_equivariance_and_values():
 
 def test_edm_defaults_sigma_min_moves_points_a_fixed_share_of_their_neighbour_distance():
     "Eq. (8b) of 11_scores: the noise at sigma_min has RMS length 0.1 sqrt(2) times the median nearest-neighbour distance, whatever the dimension."
+    def nn_median(x): x = x.flatten(1); return torch.cdist(x, x).fill_diagonal_(math.inf).min(1).values.median().item()
     seed_everything(3)
     for d in (1, 2, 8, 64):
         x = torch.randn(1000, d, **D64) * torch.linspace(0.5, 1.5, d, **D64)
-        nn_med = torch.cdist(x, x).fill_diagonal_(math.inf).min(1).values.median().item()
-        s_min = edm_defaults(x)['sigma_min']
-        assert math.isclose(s_min * math.sqrt(d), 0.1 * math.sqrt(2) * nn_med, rel_tol=1e-9), d
+        assert math.isclose(edm_defaults(x)['sigma_min'] * math.sqrt(d), 0.1 * math.sqrt(2) * nn_median(x), rel_tol=1e-9), d
     img = torch.rand(500, 1, 8, 8, **D64)                                    # images: d counts every pixel
-    flat = img.flatten(1); nn_img = torch.cdist(flat, flat).fill_diagonal_(math.inf).min(1).values.median().item()
-    assert math.isclose(edm_defaults(img)['sigma_min'], 0.1 * math.sqrt(2 / 64) * nn_img, rel_tol=1e-9)
+    assert math.isclose(edm_defaults(img)['sigma_min'], 0.1 * math.sqrt(2 / 64) * nn_median(img), rel_tol=1e-9)
 
 def test_edm_defaults_sigma_max_start_kl():
     seed_everything(10)
