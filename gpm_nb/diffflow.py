@@ -283,7 +283,7 @@ DIFFFLOW_PRESETS = {
     'gpu': (RunConfig(steps=20_000, batch_size=512, lr_decay=0.5, eval_every=5000, n_eval=5000),
             DiffFlowConfig(split=1., K=200, eta=80., width=512, depth=4, s_width=512, s_depth=4, t_emb=128, lr=1e-3, gp=0.1, ema=0.999)),
     'cpu': (RunConfig(steps=10_000, batch_size=512, lr_decay=0.5, eval_every=2500, n_eval=5000),
-            DiffFlowConfig(split=1., K=100, eta=40., width=256, depth=3, s_width=256, s_depth=3, lr=1e-3, gp=0.1, ema=0.999)),
+            DiffFlowConfig(split=1., K=100, eta=40., width=256, depth=3, s_width=256, s_depth=3, lr=1e-3, gp=0.1, ema=0.999, x_emb=64)),
     'quick': (RunConfig(steps=1600, batch_size=512, eval_every=1600, n_eval=500),
               DiffFlowConfig(split=1., K=25, eta=20., width=64, depth=2, s_width=64, s_depth=2, t_emb=32, lr=2e-3, gp=0.1)),
 }

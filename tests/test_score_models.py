@@ -182,6 +182,16 @@ def test_a_presets_input_features_are_left_off_on_images(monkeypatch):
     with pytest.raises(ValueError, match='x_emb=16: Fourier features of the input are for the MLPs of vector data'):
         make_run('edm', 'digits', 'quick', x_emb=16)
 
+@pytest.mark.parametrize('method', ['edm', 'discr_flow', 'diffflow'])
+def test_cpu_presets_input_features_on_vectors_and_their_conv_nets_on_digits(method):
+    "The methods whose cpu preset gives its MLPs input features: built on vectors they carry them, built on digits (cpu preset named) the conv nets go without."
+    from gpm_nb.nets import InputFeatures
+    feats = lambda r: [m for m in r['model'].modules() if isinstance(m, InputFeatures)]
+    vec = make_run(method, 'gaussians25', 'cpu', device='cpu')
+    assert vec['cfg'].x_emb == 64 and feats(vec) and all(f.B.shape[0] == 2 for f in feats(vec))
+    img = make_run(method, 'digits', 'cpu', device='cpu')
+    assert img['cfg'].x_emb == 0 and not feats(img) and img['config']['cfg']['x_emb'] == 0
+
 def test_score_gan_from_a_saved_edm_run(tmp_path, capsys):
     train('edm', 'gaussians5', 'quick', out=tmp_path/'edm', quiet=True, steps=10, width=32)
     train('gan', 'gaussians5', 'quick', out=tmp_path/'gan', quiet=True, steps=5)
