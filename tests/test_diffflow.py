@@ -3,7 +3,7 @@ import json, math
 from dataclasses import replace
 import numpy as np, pytest, torch
 from gpm_nb.core import seed_everything
-from gpm_nb.data import gaussians5
+from gpm_nb.data import gaussians5, get_dataset
 from gpm_nb.metrics import energy_distance
 from gpm_nb.scores import mixture_denoiser, log_likelihood
 from gpm_nb.gpm import METHODS, RunConfig, evaluate, flow_grid
@@ -121,7 +121,9 @@ def test_gpm_train_bad_split_exits_2_naming_the_field(capsys, tmp_path):
     assert code == 2 and 'eta must be > 0' in out
 
 def test_presets_and_resolve():
-    assert set(DIFFFLOW_PRESETS) == {'quick', 'cpu', 'gpu'} and 'diffflow' in METHODS
+    assert set(DIFFFLOW_PRESETS) == {'quick', 'cpu', 'gpu', 'digits'} and 'diffflow' in METHODS
+    d = resolve_diffflow(get_dataset('digits'), DIFFFLOW_PRESETS['digits'][1])   # images: the start level given, the rest from the data
+    assert d.sigma_max == 10. and 0.8 < d.sigma_data < 0.9 and d.sigma_min == pytest.approx(0.01 * d.sigma_data, rel=1e-3)
     for run, cfg in DIFFFLOW_PRESETS.values(): assert isinstance(run, RunConfig) and isinstance(cfg, DiffFlowConfig)
     cfg = resolve_diffflow(gaussians5(), DiffFlowConfig())
     assert 2. < cfg.sigma_max == cfg.sigma_data < 2.4 and cfg.sigma_min == pytest.approx(0.01 * cfg.sigma_max, rel=1e-3)
