@@ -192,6 +192,18 @@ def test_cpu_presets_input_features_on_vectors_and_their_conv_nets_on_digits(met
     img = make_run(method, 'digits', 'cpu', device='cpu')
     assert img['cfg'].x_emb == 0 and not feats(img) and img['config']['cfg']['x_emb'] == 0
 
+def test_score_gan_digits_preset_takes_image_networks_and_a_teacher(tmp_path):
+    "ScoreGAN on digits with no preset named: its digits preset (U-Nets, a conv generator); with an EDM teacher it trains no data denoiser of its own."
+    from gpm_nb.nets import UNet, MLP
+    r = make_run('score_gan', 'digits', None, device='cpu')
+    assert r['config']['preset'] == 'digits' and r['run'].batch_size == 128 and r['cfg'].push_sigma_min == 0.03
+    mods = list(r['model'].modules())
+    assert sum(isinstance(m, UNet) for m in mods) == 2 and not any(isinstance(m, MLP) for m in mods)   # data and fake denoisers
+    assert r['cfg'].teacher_steps == SCORE_GAN_PRESETS['digits'][1].teacher_steps == EDM_PRESETS['digits'][0].steps
+    train('edm', 'digits', 'quick', out=tmp_path/'edm', quiet=True, steps=2)
+    with_teacher = make_run('score_gan', 'digits', None, device='cpu', teacher=str(tmp_path/'edm'))
+    assert with_teacher['cfg'].teacher_steps == 0 and with_teacher['cfg'].width == EDM_PRESETS['quick'][1].width
+
 def test_score_gan_from_a_saved_edm_run(tmp_path, capsys):
     train('edm', 'gaussians5', 'quick', out=tmp_path/'edm', quiet=True, steps=10, width=32)
     train('gan', 'gaussians5', 'quick', out=tmp_path/'gan', quiet=True, steps=5)
