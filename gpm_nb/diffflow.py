@@ -286,9 +286,9 @@ DIFFFLOW_PRESETS = {
             DiffFlowConfig(split=1., K=100, eta=40., width=256, depth=3, s_width=256, s_depth=3, lr=1e-3, gp=0.1, ema=0.999, x_emb=64)),
     'quick': (RunConfig(steps=1600, batch_size=512, eval_every=1600, n_eval=500),
               DiffFlowConfig(split=1., K=25, eta=20., width=64, depth=2, s_width=64, s_depth=2, t_emb=32, lr=2e-3, gp=0.1)),
-    'digits': (RunConfig(steps=6000, batch_size=128, lr_decay=0.5, eval_every=3000, n_eval=5000),   # images: a U-Net of 32 channels
-               DiffFlowConfig(split=1., K=100, eta=40., width=256, depth=3, s_width=256, s_depth=3, lr=5e-4, gp=0.1, ema=0.999, sigma_max=10.)),
 }
+DIFFFLOW_PRESETS['digits'] = (RunConfig(steps=6000, batch_size=128, lr_decay=0.5, eval_every=3000, n_eval=5000),   # images: a U-Net of 32 channels
+                              replace(DIFFFLOW_PRESETS['cpu'][1], lr=5e-4, sigma_max=10., x_emb=0))   # the cpu preset's sampler and nets; noise from 10
 register(Method('diffflow', 'DiffFlow SDE: denoiser score + discriminator ratio, by the split', 'free particles', DiffFlowParticles,
                 DiffFlowConfig, DIFFFLOW_PRESETS, diffflow, resolve_diffflow, image_preset='digits'))
 
