@@ -618,7 +618,7 @@ def test_method_specific_presets():
     assert preset_names('discr_flow')[:3] == ['quick', 'cpu', 'gpu'] and 'mnist' in preset_names('discr_flow')
     run, cfg = run_configs('discr_flow', 'mnist')
     assert (cfg.loss, cfg.K, cfg.eta, cfg.gp, cfg.gp_center, run.steps) == ('ipm', 64, 2., 0.04, 0., 200_000)
-    with pytest.raises(ValueError, match="unknown preset 'mnist' for gan: choose one of quick, cpu, gpu"): run_configs('gan', 'mnist')
+    with pytest.raises(ValueError, match="unknown preset 'mnist' for gan: choose one of quick, cpu, gpu, digits"): run_configs('gan', 'mnist')
 
 def test_discr_flow_digits_preset(capsys, tmp_path):
     "Discriminator Flow on images takes its `digits` preset when none is named; it samples with its averaged discriminator, which the checkpoint keeps."
@@ -632,12 +632,12 @@ def test_discr_flow_digits_preset(capsys, tmp_path):
     assert np.load(out/'samples.npy').shape == (64, 1, 8, 8)
     state = torch.load(out/'checkpoint.pt', weights_only=False)['model']
     assert any(k.startswith('field_ema.avg.net.blocks') for k in state)       # the conv discriminator's average is saved
-    code, msg = cli(capsys, gpm_train, '--method', 'gan', '--data', 'digits', '--preset', 'digits', '--out', tmp_path/'g')
-    assert code == 2 and "unknown preset 'digits' for gan" in msg, msg
+    code, msg = cli(capsys, gpm_train, '--method', 'sd_flow', '--data', 'digits', '--preset', 'digits', '--out', tmp_path/'g')
+    assert code == 2 and "unknown preset 'digits' for sd_flow" in msg, msg
 
 def test_default_preset_follows_the_data():
     "A run that names no preset: cpu on vectors, and on images too for a method without an image preset; a named one is kept."
-    for method, data, want in [('discr_flow', 'gaussians5', 'cpu'), ('gan', 'digits', 'cpu'), ('discr_flow', 'digits', 'digits'),
+    for method, data, want in [('discr_flow', 'gaussians5', 'cpu'), ('gan', 'digits', 'digits'), ('sd_flow', 'digits', 'cpu'), ('gan', 'moons', 'cpu'), ('discr_flow', 'digits', 'digits'),
                                ('edm', 'digits', 'digits'), ('edm', 'gaussians5', 'cpu'), ('diffflow', 'digits', 'digits'), ('score_gan', 'digits', 'digits'),
                                ('diffflow', 'gaussians5', 'cpu')]:
         r = make_run(method, data, None, device='cpu')
