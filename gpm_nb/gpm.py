@@ -742,14 +742,12 @@ DISCR_FLOW_PRESETS = {
 }
 GAN_PRESETS = {
     'gpu': (RunConfig(steps=1900), GANConfig()),
-    'cpu': (RunConfig(steps=40000, lr_decay=0.5, eval_every=4000, n_eval=5000),
-            GANConfig(width=256, depth=3, g_width=256, g_depth=3, latent=32, gp=3., gp_on='interp', ema=0.999,
-                      lr=6e-4, g_lr=6e-4, x_emb=64, x_freq=0.25)),
-    'digits': (RunConfig(steps=6000, lr_decay=0.5, eval_every=2000, n_eval=5000),
-               GANConfig(width=256, depth=3, g_width=256, g_depth=3, latent=32, gp=3., gp_on='interp', ema=0.999)),
+    'cpu': (RunConfig(steps=20000, lr_decay=0.5, eval_every=2000, n_eval=5000),
+            GANConfig(width=256, depth=3, g_width=256, g_depth=3, latent=32, gp=3., gp_on='interp', ema=0.999)),
     'quick': (RunConfig(steps=150, eval_every=150, n_eval=500),
               GANConfig(width=64, depth=2, g_width=64, g_depth=2, latent=16, gp=0.1, gp_on='interp', ema=0.99)),
 }
+GAN_PRESETS['digits'] = (replace(GAN_PRESETS['cpu'][0], steps=6000), GAN_PRESETS['cpu'][1])   # images: the cpu preset for 6000 iterations
 register(Method('discr_flow', 'time-conditioned discriminator D(x, t)', 'free particles', DiscrFlow, DiscrFlowConfig,
                 DISCR_FLOW_PRESETS, discr_flow, resolve_data_scale, image_preset='digits'))
 register(Method('gan', 'discriminator D(x)', 'generator', GAN, GANConfig, GAN_PRESETS, gan, image_preset='digits'))

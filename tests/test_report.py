@@ -4,7 +4,7 @@ from pathlib import Path
 from dataclasses import replace
 import pytest
 from gpm_nb.report import (run_cli, run_key, preset_repr, same_run, extra_tag, steps_args, check_runs, verdict, toy_table, toy_scatter, run_label, digits_table, report_toys,
-                           clusters, clusters_file, df_record_run, DF_RECORD_SETTING, record_run, record_args, GAN_RECORD_SETTING)
+                           clusters, clusters_file, df_record_run, DF_RECORD_SETTING)
 from gpm_nb.gpm import METHODS
 
 def _run(**kw):
@@ -63,18 +63,6 @@ def test_df_record_run_pins_the_records_setting_under_the_extra_arguments(tmp_pa
     assert set(DF_RECORD_SETTING) == {'prior', 'gp', 'grid_anneal', 'x_emb'}
     _, out2 = df_record_run(tmp_path, 'quick', 'gaussians5', '--steps', '2', '--n_samples', '64', tag='')
     assert out2 == tmp_path/'discr_flow-gaussians5-record'
-
-def test_gan_records_pin_its_earlier_cpu_setting_and_leave_quick_alone(tmp_path):
-    "The GAN's records (30's loss table and digits row, 34's row): its cpu preset before the learning rates and iterations rose; quick runs keep quick's."
-    from gpm_nb.cli import run_configs, _parse_overrides
-    pinned = _parse_overrides('t', record_args('gan', 'cpu'))
-    run, cfg = run_configs('gan', 'cpu', **pinned)
-    assert (run.steps, run.eval_every, cfg.lr, cfg.g_lr, cfg.x_emb, cfg.x_freq) == (20000, 2000, 2e-4, 2e-4, 0, 1.)
-    assert set(pinned) == set(GAN_RECORD_SETTING) and record_args('gan', 'quick') == []
-    with pytest.raises(ValueError, match="no records of 'edm'"): record_args('edm')
-    r, out = record_run(tmp_path, 'quick', 'gan', 'gaussians5', '--steps', '2', '--n_samples', '64')
-    assert out == tmp_path/'gan-gaussians5-record-steps-2-n_samples-64' and r['status'] == 0, r['err']
-    assert r['key']['args'][3:] == ['--steps', '2', '--n_samples', '64'] and r['step'] == 2
 
 def test_run_cli_trains_again_when_the_command_or_the_preset_changed(tmp_path, monkeypatch):
     args = ('quick', 'discr_flow', 'gaussians5', '--steps', '3', '--n_samples', '64')

@@ -182,7 +182,7 @@ def test_a_presets_input_features_are_left_off_on_images(monkeypatch):
     with pytest.raises(ValueError, match='x_emb=16: Fourier features of the input are for the MLPs of vector data'):
         make_run('edm', 'digits', 'quick', x_emb=16)
 
-@pytest.mark.parametrize('method', ['edm', 'discr_flow', 'diffflow', 'gan'])
+@pytest.mark.parametrize('method', ['edm', 'discr_flow', 'diffflow'])
 def test_cpu_presets_input_features_on_vectors_and_their_conv_nets_on_digits(method):
     "The methods whose cpu preset gives its MLPs input features: built on vectors they carry them, built on digits (cpu preset named) the conv nets go without."
     from gpm_nb.nets import InputFeatures
