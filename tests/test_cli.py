@@ -637,9 +637,10 @@ def test_discr_flow_digits_preset(capsys, tmp_path):
 
 def test_default_preset_follows_the_data():
     "A run that names no preset: cpu on vectors, and on images too for a method without an image preset; a named one is kept."
-    for method, data, want in [('discr_flow', 'gaussians5', 'cpu'), ('gan', 'digits', 'digits'), ('sd_flow', 'digits', 'cpu'), ('gan', 'moons', 'cpu'), ('discr_flow', 'digits', 'digits'),
-                               ('edm', 'digits', 'digits'), ('edm', 'gaussians5', 'cpu'), ('diffflow', 'digits', 'digits'), ('score_gan', 'digits', 'digits'),
-                               ('diffflow', 'gaussians5', 'cpu')]:
+    for method, data, want in [('discr_flow', 'gaussians5', 'cpu'), ('discr_flow', 'digits', 'digits'), ('gan', 'moons', 'cpu'),
+                               ('gan', 'digits', 'digits'), ('edm', 'gaussians5', 'cpu'), ('edm', 'digits', 'digits'),
+                               ('diffflow', 'gaussians5', 'cpu'), ('diffflow', 'digits', 'digits'), ('score_gan', 'digits', 'digits'),
+                               ('sd_flow', 'digits', 'cpu')]:
         r = make_run(method, data, None, device='cpu')
         assert r['config']['preset'] == want and r['run'] == run_configs(method, want)[0], (method, data, r['config']['preset'])
     assert make_run('discr_flow', 'digits', 'quick', device='cpu')['config']['preset'] == 'quick'
