@@ -4,7 +4,7 @@ from pathlib import Path
 from dataclasses import replace
 import pytest
 from gpm_nb.report import (run_cli, run_key, preset_repr, same_run, extra_tag, steps_args, check_runs, verdict, toy_table, toy_scatter, run_label, digits_table, report_toys,
-                           clusters, clusters_file, df_record_run, DF_RECORD_SETTING)
+                           clusters, clusters_file, df_record_run, digits_run, DF_RECORD_SETTING)
 from gpm_nb.gpm import METHODS
 
 def _run(**kw):
@@ -31,6 +31,17 @@ def test_steps_args_gives_a_method_its_own_steps_or_none():
     steps = {'edm': 1500}
     assert steps_args(steps, 'edm') == ['--steps', '1500'] and steps_args(steps, 'gan') == []
     assert run_key('cpu', 'edm', 'digits', *steps_args(steps, 'edm')) != run_key('cpu', 'edm', 'digits')   # another command: another run
+
+def test_digits_run_trains_on_digits_with_its_steps_and_tags_another_preset(monkeypatch):
+    import gpm_nb.report as report
+    calls = []
+    monkeypatch.setattr(report, 'run_cli', lambda *a, **kw: calls.append((a, kw)) or ({}, None))
+    digits_run('runs', 'cpu', 'sd_flow', '--seed', '1', steps={'sd_flow': 3000, 'edm': 10})
+    digits_run('runs', 'digits', 'gan', report_preset='cpu')
+    digits_run('runs', 'cpu', 'gan', report_preset='cpu')
+    assert calls == [(('runs', 'cpu', 'sd_flow', 'digits', '--steps', '3000', '--seed', '1'), {'tag': ''}),   # its steps, then the extra arguments
+                     (('runs', 'digits', 'gan', 'digits'), {'tag': 'preset-digits'}),   # not the report's preset: a folder of its own
+                     (('runs', 'cpu', 'gan', 'digits'), {'tag': ''})]
 
 def test_run_label_and_digits_table():
     assert run_label(_run()) == 'discr_flow (cpu)' and run_label({'method': 'gan'}) == 'gan'   # reports written before the preset was kept
