@@ -19,13 +19,13 @@ from .train import (Trainer, Callback, LogCB, ProgressCB, EvalCB, CheckpointCB, 
 from .gpm import all_methods, get_method, RunConfig, override, evaluate, schedule_cbs, plain_random_states, per_sample_time, sample_shape
 from .monoflow import GAN_LOSSES
 from .scores import SAMPLERS
-from .yardstick import digits_metrics
+from .yardstick import digits_metrics, inception_fid, inception_weights
 
 # %% auto #0
 __all__ = ['CHECKPOINTS', 'Standardized', 'standardize', 'DataShape', 'preset_names', 'run_configs', 'make_run', 'to_model_scale',
            'to_data_scale', 'draw', 'plot_samples', 'DivergedError', 'DivergenceCB', 'degradation', 'far_from_data',
-           'train', 'read_log', 'gpm_train', 'load_run', 'sample_run', 'gpm_sample', 'count_nfe', 'GPUUtilisation',
-           'bench', 'profile_ops', 'bench_compare', 'cpu_contention', 'gpm_bench']
+           'train', 'read_log', 'gpm_train', 'load_run', 'sample_run', 'run_config', 'inception_fid_run', 'gpm_sample',
+           'count_nfe', 'GPUUtilisation', 'bench', 'profile_ops', 'bench_compare', 'cpu_contention', 'gpm_bench']
 
 # %% ../nbs/20_cli.ipynb #aa63d969
 class Standardized:
@@ -380,6 +380,22 @@ def sample_run(run:str|Path, n:int, steps:int|None=None, device=None, sampler:st
                          f"{'' if steps is None else f', {steps} steps'}): try --checkpoint best, more --steps or another --sampler")
     return x
 
+def run_config(run:str|Path) -> dict:
+    "The configuration a run folder's `config.json` records; a `ValueError` when it has none."
+    f = Path(run)/'config.json'
+    try: return json.loads(f.read_text())
+    except (OSError, ValueError) as e: raise ValueError(f"{f}: no readable run configuration ({e}); give a run folder written by gpm_train") from None
+
+def inception_fid_run(run:str|Path, # a run folder of image data
+                      x:Tensor, # its samples, in the data's layout and range (`sample_run`)
+                      weights=None, device=None) -> float:
+    "Inception FID of a run's samples against as many images of its data set (seed 0), both as its model sees them: in [-1, 1]."
+    config = run_config(run)
+    if len(config['shape']) != 3: raise ValueError(f"Inception FID is for images: {run} has samples of shape {tuple(config['shape'])}")
+    with fork_rng(0): y = get_dataset(config['data'], image_size=config.get('image_size')).sample(len(x), device='cpu')
+    unit = lambda t: to_model_scale(t.detach().cpu().float(), config)
+    return inception_fid(unit(x).clamp(-1, 1), unit(y), weights, device=device)
+
 def gpm_sample(argv:list|None=None):
     "Draw samples from a trained run into a .npy file."
     ap = argparse.ArgumentParser('gpm_sample', description=gpm_sample.__doc__)
@@ -390,10 +406,17 @@ def gpm_sample(argv:list|None=None):
     ap.add_argument('--sampler', default=None, help=f"score methods that integrate a flow (edm): {', '.join(SAMPLERS)} (default: the run's)")
     ap.add_argument('--seed', type=int, default=0, help='random seed')
     ap.add_argument('--checkpoint', default='last', help="last (the end of training) or best (the evaluation with the lowest energy distance)")
+    ap.add_argument('--inception_fid', action='store_true', help="image runs: also print the samples' Inception FID against as many images of the run's data")
+    ap.add_argument('--inception_weights', default=None, help="FID's Inception weights file for --inception_fid (default: $GPM_INCEPTION_WEIGHTS, else torch hub's checkpoint folder)")
     a = ap.parse_args(argv)
     out = Path(a.out)
     if out.suffix != '.npy': _fail('gpm_sample', f"--out {out}: give a .npy file name (numpy would write {out}.npy)")
     if not out.parent.is_dir(): _fail('gpm_sample', f"--out {out}: there is no folder {out.parent}")
+    if a.inception_fid:                                   # before sampling: no weights, or no images, fails at once
+        try:
+            inception_weights(a.inception_weights)
+            if len(run_config(a.run)['shape']) != 3: raise ValueError(f"--inception_fid is for images: {a.run} is a run on vectors")
+        except (FileNotFoundError, ValueError) as e: _fail('gpm_sample', str(e))
     try:
         seed_everything(a.seed)
         x = sample_run(a.run, a.n, a.steps, sampler=a.sampler, checkpoint=a.checkpoint)
@@ -401,6 +424,10 @@ def gpm_sample(argv:list|None=None):
     try: np.save(out, x.cpu().numpy())
     except OSError as e: _fail('gpm_sample', f"cannot write {out}: {e.strerror or e}", 1)
     print(f"wrote {tuple(x.shape)} samples to {out}")
+    if a.inception_fid:
+        try: fid = inception_fid_run(a.run, x, a.inception_weights)
+        except (ValueError, ImportError) as e: _fail('gpm_sample', str(e))
+        print(f"Inception FID against {len(x)} images of the run's data: {fid:.6g}")
 
 # %% ../nbs/20_cli.ipynb #6de08705
 def _synchronizer(device) -> Callable:

@@ -15,11 +15,12 @@ from .core import default_device, check_finite, fork_rng, check_count
 from .data import load_digits
 
 # %% auto #0
-__all__ = ['SPLIT_SEED', 'N_TEST', 'CLASSIFIER_FILE', 'RANGE_TOL', 'COVER_MIN_SHARE', 'split_indices', 'digits_split',
-           'DigitsClassifier', 'random_shift', 'train_classifier', 'accuracy', 'classifier_path', 'save_classifier',
-           'load_classifier', 'check_digits', 'digit_features', 'frechet_gaussian', 'feature_moments',
-           'frechet_distance', 'knn_radii', 'in_balls', 'precision_recall', 'class_histogram', 'classes_covered',
-           'digits_metrics']
+__all__ = ['SPLIT_SEED', 'N_TEST', 'CLASSIFIER_FILE', 'RANGE_TOL', 'COVER_MIN_SHARE', 'INCEPTION_FILE', 'INCEPTION_URL',
+           'split_indices', 'digits_split', 'DigitsClassifier', 'random_shift', 'train_classifier', 'accuracy',
+           'classifier_path', 'save_classifier', 'load_classifier', 'check_digits', 'digit_features',
+           'frechet_gaussian', 'feature_moments', 'frechet_distance', 'knn_radii', 'in_balls', 'precision_recall',
+           'class_histogram', 'classes_covered', 'digits_metrics', 'inception_weights', 'inception_net',
+           'stand_in_inception_weights', 'check_images', 'inception_features', 'inception_fid']
 
 # %% ../nbs/06_yardstick.ipynb #64d0d979
 SPLIT_SEED, N_TEST = 0, 500
@@ -293,3 +294,82 @@ def digits_metrics(x:Tensor, # generated digits, (n, 1, 8, 8) in [-1, 1], n > k
     hist = class_histogram(x, clf)
     return dict(fd=frechet_distance(f_x, f_tr), fd_floor=frechet_distance(f_ref, f_tr), precision=p, precision_floor=p0,
                 recall=r, recall_floor=r0, classes_covered=classes_covered(hist), class_hist=hist, n=n, n_ref=n_ref)
+
+# %% ../nbs/06_yardstick.ipynb #0fe1eb93
+INCEPTION_FILE = 'weights-inception-2015-12-05-6726825d.pth'   # FID's Inception-v3, converted from TensorFlow by torch-fidelity
+INCEPTION_URL = f'https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}'
+
+def inception_weights(path=None) -> Path: # a weights file; None: $GPM_INCEPTION_WEIGHTS, else torch hub's checkpoint folder
+    "The local FID Inception-v3 weights file; a `FileNotFoundError` says where to put it (nothing is downloaded)."
+    import os
+    where = "the path you gave" if path is not None else "GPM_INCEPTION_WEIGHTS" if os.environ.get('GPM_INCEPTION_WEIGHTS') else "torch hub's checkpoint folder"
+    path = Path(path if path is not None else os.environ.get('GPM_INCEPTION_WEIGHTS') or Path(torch.hub.get_dir())/'checkpoints'/INCEPTION_FILE)
+    if not path.is_file():
+        raise FileNotFoundError(f"no Inception weights at {path} ({where}); nothing is downloaded here: fetch {INCEPTION_URL} on a machine "
+                                f"online and put it there, or pass its path (or set GPM_INCEPTION_WEIGHTS)")
+    return path
+
+# %% ../nbs/06_yardstick.ipynb #a62324aa
+def _inception_class():
+    from gpm_nb.core import import_torchvision
+    import_torchvision()                                   # torch-fidelity imports torchvision (the fix for CPU-only torch)
+    try: from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    except ImportError: raise ImportError("Inception FID needs torch-fidelity: pip install 'torch-fidelity>=0.3'") from None
+    return FeatureExtractorInceptionV3
+
+def inception_net(weights=None, # the weights file (`inception_weights`)
+                  device=None) -> nn.Module:
+    "FID's Inception-v3 (2048 pool features) with local weights, in eval mode on `device`; a `ValueError` for a file that is not those weights."
+    path = inception_weights(weights)
+    try: net = _inception_class()('inception-v3-compat', ['2048'], feature_extractor_weights_path=str(path))
+    except (ImportError, FileNotFoundError): raise
+    except Exception as e: raise ValueError(f"{path} is not the Inception weights file {INCEPTION_FILE}: {type(e).__name__}: {str(e)[:200]}") from None
+    return net.to(device or default_device())
+
+def stand_in_inception_weights(path, # the file to write
+                               seed:int=0) -> Path:
+    "The same network with random weights (`seed`; He-normal convolutions, which keep the activations' scale through its depth) in the weights file's format: offline tests of the plumbing, not a yardstick."
+    from unittest import mock
+    cls = _inception_class()
+    with fork_rng(seed), mock.patch.object(cls, 'load_state_dict', lambda self, sd, *a, **k: None), \
+         mock.patch('torch_fidelity.feature_extractor_inceptionv3.load_state_dict_from_url', lambda *a, **k: {}):
+        net = cls('inception-v3-compat', ['2048'])
+        for m in net.modules():
+            if isinstance(m, nn.Conv2d): nn.init.kaiming_normal_(m.weight, nonlinearity='relu')
+    torch.save(net.state_dict(), path)
+    return Path(path)
+
+# %% ../nbs/06_yardstick.ipynb #9378963c
+def check_images(x:Tensor, name:str='x', min_n:int=2) -> Tensor:
+    "Raise unless `x` is a real tensor of images (n >= `min_n`, 1 or 3 channels, h, w) in [-1, 1] (up to `RANGE_TOL`); returns it."
+    if not isinstance(x, Tensor): raise TypeError(f"{name} must be a torch.Tensor of images (n, c, h, w), got {type(x).__name__}")
+    if x.dim() != 4 or x.shape[1] not in (1, 3): raise ValueError(f"{name} must have shape (n, 1 or 3, h, w), got {tuple(x.shape)}")
+    if not x.is_floating_point(): raise ValueError(f"{name} must be floating point in [-1, 1], got {x.dtype}")
+    if len(x) < min_n: raise ValueError(f"{name} needs at least {min_n} images, got {len(x)}")
+    check_finite(x, name)
+    lo, hi = x.min().item(), x.max().item()
+    if lo < -1 - RANGE_TOL or hi > 1 + RANGE_TOL: raise ValueError(f"{name} must be images in [-1, 1] (the data sets' range), got values in [{lo:.3g}, {hi:.3g}]")
+    return x
+
+@torch.no_grad()
+def inception_features(x:Tensor, # images, (n, 1 or 3, h, w) in [-1, 1]
+                       net:nn.Module, # `inception_net()`
+                       batch_size:int=50) -> Tensor:
+    "Inception pool features (n, 2048), float64: `x` quantised to 8 bits, grey repeated to RGB, in batches on the net's device."
+    check_images(x, min_n=1); check_count(batch_size, 'batch_size')
+    dev = next(net.parameters()).device
+    out = []
+    for b in x.split(batch_size):
+        u = ((b.to(dev, torch.float32) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        out.append(net(u.expand(-1, 3, -1, -1))[0].double())
+    return torch.cat(out)
+
+def inception_fid(x:Tensor, # generated images, (n, c, h, w) in [-1, 1]
+                  y:Tensor, # real images, the same layout
+                  weights=None, # the weights file (`inception_weights`)
+                  batch_size:int=50, device=None) -> float:
+    "The Fréchet Inception Distance between images `x` and `y`: `frechet_distance` of their Inception pool features."
+    check_images(x, 'x'); check_images(y, 'y')
+    if x.shape[1:] != y.shape[1:]: raise ValueError(f"x and y must be images of one shape, got {tuple(x.shape[1:])} and {tuple(y.shape[1:])}")
+    net = inception_net(weights, device)
+    return frechet_distance(inception_features(x, net, batch_size), inception_features(y, net, batch_size))

@@ -204,3 +204,41 @@ def test_more_samples_than_the_floor_are_compared_at_the_floors_size(clf, split)
     x_test = split[2]
     m = digits_metrics(torch.cat([x_test, x_test]), clf)
     assert (m['n'], m['n_ref']) == (1000, 500) and m['fd'] < 3 * m['fd_floor'] and m['classes_covered'] == 10
+
+
+# ---------------------------------------------------------------- Inception FID (offline: the stand-in weights)
+from gpm_nb.yardstick import (INCEPTION_FILE, INCEPTION_URL, inception_weights, inception_net, stand_in_inception_weights,
+                              inception_features, inception_fid)
+
+@pytest.fixture(scope='module')
+def stand_in(tmp_path_factory): return stand_in_inception_weights(tmp_path_factory.mktemp('inception')/INCEPTION_FILE)
+
+def test_inception_fid_matches_torch_fidelity_and_tells_sets_apart(stand_in, split):
+    "FID of the stand-in features equals torch-fidelity's own Frechet computation; 0 for a set against itself; grey digits differ from noise."
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+    net = inception_net(stand_in, 'cpu')
+    digits = split[2][:12]                                                            # test digits, (12, 1, 8, 8) in [-1, 1]
+    noise = torch.rand(12, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    fd, fn = inception_features(digits, net, batch_size=5), inception_features(noise, net)
+    assert fd.shape == (12, 2048) and fd.dtype == torch.float64
+    fid = frechet_distance(fd, fn)
+    theirs = fid_statistics_to_metric(fid_features_to_statistics(fd), fid_features_to_statistics(fn), False)['frechet_inception_distance']
+    assert fid == pytest.approx(theirs, rel=1e-6) and fid > 1e-3 * (fd.var(0).sum() + fn.var(0).sum()).item()
+    assert inception_fid(digits, digits, stand_in, device='cpu') < 1e-9 * fid
+    assert inception_fid(digits, noise, stand_in, device='cpu') == pytest.approx(fid, rel=1e-9)
+
+def test_inception_fid_bad_input(stand_in, tmp_path, monkeypatch):
+    "No weights file (each way of naming it), a file that is not the weights, images of the wrong shape, range or number: clear errors."
+    with pytest.raises(FileNotFoundError, match='the path you gave') as e: inception_weights(tmp_path/'none.pth')
+    assert INCEPTION_URL in str(e.value)
+    monkeypatch.setenv('GPM_INCEPTION_WEIGHTS', str(tmp_path/'env.pth'))
+    with pytest.raises(FileNotFoundError, match='GPM_INCEPTION_WEIGHTS'): inception_weights()
+    monkeypatch.setenv('GPM_INCEPTION_WEIGHTS', str(stand_in))
+    assert inception_weights() == stand_in
+    (tmp_path/'bad.pth').write_bytes(b'not a checkpoint')
+    with pytest.raises(ValueError, match='is not the Inception weights file'): inception_net(tmp_path/'bad.pth')
+    x = torch.zeros(4, 3, 16, 16)
+    for bad, msg in [(torch.zeros(4, 2, 16, 16), r'\(n, 1 or 3, h, w\)'), (x + 3, r'in \[-1, 1\]'), (x[:1], 'at least 2 images'),
+                     (x.long(), 'floating point'), (x * float('nan'), 'finite|NaN')]:
+        with pytest.raises(ValueError, match=msg): inception_fid(bad, x, stand_in)
+    with pytest.raises(ValueError, match='one shape'): inception_fid(x, torch.zeros(4, 3, 8, 8), stand_in)
