@@ -19,7 +19,7 @@ from .train import (Trainer, Callback, LogCB, ProgressCB, EvalCB, CheckpointCB, 
 from .gpm import all_methods, get_method, RunConfig, override, evaluate, schedule_cbs, plain_random_states, per_sample_time, sample_shape
 from .monoflow import GAN_LOSSES
 from .scores import SAMPLERS
-from .yardstick import digits_metrics, inception_fid, inception_weights
+from .yardstick import digits_metrics, inception_weights, inception_net, inception_features, frechet_distance
 
 # %% auto #0
 __all__ = ['CHECKPOINTS', 'Standardized', 'standardize', 'DataShape', 'preset_names', 'run_configs', 'make_run', 'to_model_scale',
@@ -388,13 +388,16 @@ def run_config(run:str|Path) -> dict:
 
 def inception_fid_run(run:str|Path, # a run folder of image data
                       x:Tensor, # its samples, in the data's layout and range (`sample_run`)
-                      weights=None, device=None) -> float:
-    "Inception FID of a run's samples against as many images of its data set (seed 0), both as its model sees them: in [-1, 1]."
+                      weights=None, device=None) -> dict:
+    "Inception FID of a run's samples against n images of its data set, and its real-vs-real floor (another n images against the same), in [-1, 1] as the model sees them."
     config = run_config(run)
     if len(config['shape']) != 3: raise ValueError(f"Inception FID is for images: {run} has samples of shape {tuple(config['shape'])}")
-    with fork_rng(0): y = get_dataset(config['data'], image_size=config.get('image_size')).sample(len(x), device='cpu')
+    n = len(x)
+    with fork_rng(0): y = get_dataset(config['data'], image_size=config.get('image_size')).sample(2 * n, device='cpu')   # drawn with replacement
     unit = lambda t: to_model_scale(t.detach().cpu().float(), config)
-    return inception_fid(unit(x).clamp(-1, 1), unit(y), weights, device=device)
+    net = inception_net(weights, device)
+    f_x, f_y, f_ref = (inception_features(t, net) for t in (unit(x).clamp(-1, 1), unit(y[:n]), unit(y[n:])))
+    return dict(inception_fid=frechet_distance(f_x, f_y), inception_fid_floor=frechet_distance(f_ref, f_y), n=n)
 
 def gpm_sample(argv:list|None=None):
     "Draw samples from a trained run into a .npy file."
@@ -425,9 +428,10 @@ def gpm_sample(argv:list|None=None):
     except OSError as e: _fail('gpm_sample', f"cannot write {out}: {e.strerror or e}", 1)
     print(f"wrote {tuple(x.shape)} samples to {out}")
     if a.inception_fid:
-        try: fid = inception_fid_run(a.run, x, a.inception_weights)
+        try: m = inception_fid_run(a.run, x, a.inception_weights)
         except (ValueError, ImportError) as e: _fail('gpm_sample', str(e))
-        print(f"Inception FID against {len(x)} images of the run's data: {fid:.6g}")
+        print(f"Inception FID against {m['n']} images of the run's data: {m['inception_fid']:.6g} "
+              f"(real-vs-real floor, {m['n']} other images: {m['inception_fid_floor']:.6g})")
 
 # %% ../nbs/20_cli.ipynb #6de08705
 def _synchronizer(device) -> Callable:
