@@ -737,6 +737,8 @@ DISCR_FLOW_PRESETS = {
               DiscrFlowConfig(width=64, depth=2, t_emb=32, K=14, gp=0.1, gp_on='interp', eta=40., data_scale=0.)),
     'mnist': (RunConfig(steps=200_000, eval_every=10_000, n_eval=10_000),
               DiscrFlowConfig(loss='ipm', K=64, eta=2., gp=0.04, gp_center=0., gp_on='interp')),
+    'celeba64': (RunConfig(steps=200_000, batch_size=64, eval_every=10_000, n_eval=10_000),
+                 DiscrFlowConfig(loss='ipm', K=25, eta=2., gp=0.05, gp_center=0., gp_on='interp')),
     'digits': (RunConfig(steps=6000, lr_decay=0.5, n_eval=5000),
                DiscrFlowConfig(K=28, width=512, gp=0.1, gp_on='interp', eta=20., lr=2e-3, ema=0.999, prior='moments')),
 }
@@ -748,6 +750,9 @@ GAN_PRESETS = {
               GANConfig(width=64, depth=2, g_width=64, g_depth=2, latent=16, gp=0.1, gp_on='interp', ema=0.99)),
 }
 GAN_PRESETS['digits'] = (replace(GAN_PRESETS['cpu'][0], steps=6000), GAN_PRESETS['cpu'][1])   # images: the cpu preset for 6000 iterations
+GAN_PRESETS['mnist'] = (RunConfig(steps=10_000, eval_every=1000, n_eval=10_000), GANConfig())   # GPM's MNIST GAN: NS loss, 64-channel nets, latent 128
+GAN_PRESETS['celeba64'] = (RunConfig(steps=100_000, batch_size=64, eval_every=5000, n_eval=10_000),
+                           GANConfig(loss='hinge', width=256, g_width=256))                       # GPM's CelebA GAN: hinge loss, 32-channel nets
 register(Method('discr_flow', 'time-conditioned discriminator D(x, t)', 'free particles', DiscrFlow, DiscrFlowConfig,
                 DISCR_FLOW_PRESETS, discr_flow, resolve_data_scale, image_preset='digits'))
 register(Method('gan', 'discriminator D(x)', 'generator', GAN, GANConfig, GAN_PRESETS, gan, image_preset='digits'))

@@ -366,6 +366,9 @@ EDM_PRESETS = {
               EDMConfig(width=64, depth=2, t_emb=32, lr=1e-3, sigma_data=0., sigma_min=0., sigma_max=0., sampler='dpmpp_2m', sample_steps=13, x_emb=64)),
     'digits': (RunConfig(steps=6000, batch_size=128, lr_decay=0.5, eval_every=1500, n_eval=5000),   # images: a U-Net of 32 channels
                EDMConfig(width=256, depth=3, lr=5e-4, sigma_data=0., sigma_min=0., sigma_max=0., sampler='dpmpp_2m', sample_steps=13, ema=0.999)),
+    'mnist': (RunConfig(steps=500_000, eval_every=10_000, n_eval=10_000), EDMConfig(width=128, t_emb=256, sample_steps=32)),   # GPM's: 16 channels, Heun 32
+    'celeba64': (RunConfig(steps=100_000, batch_size=64, eval_every=10_000, n_eval=10_000),
+                 EDMConfig(width=1024, t_emb=256, sample_steps=25)),                                                        # GPM's: 128 channels, Heun 25
 }
 SD_FLOW_PRESETS = {
     'gpu': (RunConfig(steps=4000, batch_size=512), SDFlowConfig()),

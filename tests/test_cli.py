@@ -618,7 +618,7 @@ def test_method_specific_presets():
     assert preset_names('discr_flow')[:3] == ['quick', 'cpu', 'gpu'] and 'mnist' in preset_names('discr_flow')
     run, cfg = run_configs('discr_flow', 'mnist')
     assert (cfg.loss, cfg.K, cfg.eta, cfg.gp, cfg.gp_center, run.steps) == ('ipm', 64, 2., 0.04, 0., 200_000)
-    with pytest.raises(ValueError, match="unknown preset 'mnist' for gan: choose one of quick, cpu, gpu, digits"): run_configs('gan', 'mnist')
+    with pytest.raises(ValueError, match="unknown preset 'mnist' for sd_flow: choose one of quick, cpu, gpu"): run_configs('sd_flow', 'mnist')
 
 def test_discr_flow_digits_preset(capsys, tmp_path):
     "Discriminator Flow on images takes its `digits` preset when none is named; it samples with its averaged discriminator, which the checkpoint keeps."

@@ -365,3 +365,33 @@ def test_nets_at_64_px():
     assert ConvNet(3, 64, width=4, d_out=7, t_emb=0)(x).shape == (3, 7)
     with pytest.raises(ValueError, match='8, 28, 32 or 64 px images, got 48'): ConvNet(3, 48)
     with pytest.raises(ValueError, match=r'shape \(\*, 3, 64, 64\)'): D(torch.randn(2, 3, 32, 32), torch.rand(2))
+
+
+# ------------------------------------------------------------------------ GPM's image presets, for GPU users
+
+@pytest.mark.parametrize('method,preset,make,want', [
+    ('discr_flow', 'mnist', make_mnist, dict(loss='ipm', K=64, eta=2., gp=0.04, gp_center=0.)),
+    ('discr_flow', 'celeba64', make_celeba, dict(loss='ipm', K=25, eta=2., gp=0.05, gp_center=0.)),
+    ('gan', 'mnist', make_mnist, dict(loss='vanilla', latent=128, gp=0.)),
+    ('gan', 'celeba64', make_celeba, dict(loss='hinge', latent=128, width=256, g_width=256)),
+    ('edm', 'mnist', make_mnist, dict(sigma_min=0.002, sigma_max=40., sigma_data=0.5, sampler='heun', sample_steps=32, width=128)),
+    ('edm', 'celeba64', make_celeba, dict(sigma_min=0.002, sigma_max=40., sigma_data=0.5, sampler='heun', sample_steps=25, width=1024))])
+def test_gpm_image_presets_train_on_the_real_formats(tmp_path, monkeypatch, capsys, method, preset, make, want):
+    "Each of GPM's image configurations holds its paper's values and trains on the data set's files (stand-ins in the real format)."
+    from gpm_nb.cli import gpm_train, run_configs
+    from helpers import cli
+    run, cfg = run_configs(method, preset)
+    assert {k: getattr(cfg, k) for k in want} == want and run.steps == {'discr_flow': 200_000, 'gan': 10_000 if preset == 'mnist' else 100_000,
+                                                                        'edm': 500_000 if preset == 'mnist' else 100_000}[method]
+    assert run.batch_size == (128 if preset == 'mnist' else 64)
+    make(tmp_path/'data', n=6); monkeypatch.setenv('GPM_DATA', str(tmp_path/'data'))
+    if make is make_celeba:                                   # six different images: the stand-in faces are all alike
+        for f in (tmp_path/'data'/'celeba'/'img_align_celeba').iterdir():   # random blocks of 20 px, which JPEG keeps (pixel noise it smooths)
+            save_img(f, RNG.integers(0, 256, (11, 9, 3), dtype=np.uint8).repeat(20, 0).repeat(20, 1)[:218, :178], quality=95)
+    few = ['--sampler', 'euler', '--sample_steps', 2] if method == 'edm' else []   # the wiring, not 63 U-Net evaluations of an untrained net
+    code, msg = cli(capsys, gpm_train, '--method', method, '--data', preset, '--preset', preset, '--steps', 2, '--eval_every', 1000,
+                    '--batch_size', 4, '--n_eval', 8, '--n_samples', 8, '--out', tmp_path/'r', '--quiet', *few)
+    assert code == 0, msg
+    shape = (1, 32, 32) if preset == 'mnist' else (3, 64, 64)
+    assert np.load(tmp_path/'r'/'samples.npy').shape == (8, *shape)
+    assert __import__('json').loads((tmp_path/'r'/'config.json').read_text())['preset'] == preset
