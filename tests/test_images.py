@@ -1,5 +1,5 @@
 "gpm_nb.data images: folders, MNIST / CIFAR-10 / CelebA from small files in their real on-disk formats, errors; 64 px nets."
-import gzip, io, pickle, subprocess, sys
+import gzip, io, json, pickle, subprocess, sys
 from pathlib import Path
 import numpy as np, pytest, torch
 from PIL import Image
@@ -377,7 +377,7 @@ def test_nets_at_64_px():
     ('edm', 'mnist', make_mnist, dict(sigma_min=0.002, sigma_max=40., sigma_data=0.5, sampler='heun', sample_steps=32, width=128)),
     ('edm', 'celeba64', make_celeba, dict(sigma_min=0.002, sigma_max=40., sigma_data=0.5, sampler='heun', sample_steps=25, width=1024))])
 def test_gpm_image_presets_train_on_the_real_formats(tmp_path, monkeypatch, capsys, method, preset, make, want):
-    "Each of GPM's image configurations holds its paper's values and trains on the data set's files (stand-ins in the real format)."
+    "Each of GPM's image configurations holds the values of GPM's config file and trains on the data set's files (stand-ins in the real format)."
     from gpm_nb.cli import gpm_train, run_configs
     from helpers import cli
     run, cfg = run_configs(method, preset)
@@ -394,4 +394,4 @@ def test_gpm_image_presets_train_on_the_real_formats(tmp_path, monkeypatch, caps
     assert code == 0, msg
     shape = (1, 32, 32) if preset == 'mnist' else (3, 64, 64)
     assert np.load(tmp_path/'r'/'samples.npy').shape == (8, *shape)
-    assert __import__('json').loads((tmp_path/'r'/'config.json').read_text())['preset'] == preset
+    assert json.loads((tmp_path/'r'/'config.json').read_text())['preset'] == preset
