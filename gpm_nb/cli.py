@@ -24,7 +24,7 @@ from .yardstick import digits_metrics, inception_weights, inception_net, incepti
 # %% auto #0
 __all__ = ['CHECKPOINTS', 'Standardized', 'standardize', 'DataShape', 'preset_names', 'run_configs', 'make_run', 'to_model_scale',
            'to_data_scale', 'draw', 'plot_samples', 'DivergedError', 'DivergenceCB', 'degradation', 'far_from_data',
-           'train', 'read_log', 'gpm_train', 'load_run', 'sample_run', 'run_config', 'inception_fid_run', 'gpm_sample',
+           'run_config', 'train', 'read_log', 'gpm_train', 'load_run', 'sample_run', 'inception_fid_run', 'gpm_sample',
            'count_nfe', 'GPUUtilisation', 'bench', 'profile_ops', 'bench_compare', 'cpu_contention', 'gpm_bench']
 
 # %% ../nbs/20_cli.ipynb #aa63d969
@@ -183,9 +183,15 @@ def far_from_data(m:dict, # final metrics: `energy` and its real-vs-real `energy
             "(38_report_weights, 39_report_ring)")
 
 # %% ../nbs/20_cli.ipynb #b2370f74
+def run_config(run:str|Path) -> dict:
+    "The configuration a run folder's `config.json` records; a `ValueError` when it has none."
+    f = Path(run)/'config.json'
+    try: return json.loads(f.read_text())
+    except (OSError, ValueError) as e: raise ValueError(f"{f}: no readable run configuration ({e}); give a run folder written by gpm_train") from None
+
 def _resume_settings(out:Path, method:str|None, data:str|None, preset:str|None, image_size:int|None, overrides:dict) -> tuple:
     "(method, data, preset, image_size, overrides) of the run in `out` wherever the caller gave none: what resuming continues."
-    saved = json.loads((out/'config.json').read_text())
+    saved = run_config(out)
     method = method or saved['method']
     if method == saved['method']:   # its settings are the defaults; another method is refused by `_check_resume`
         known, made = {f.name: f.default for c in (RunConfig, get_method(method).config) for f in fields(c)}, {**saved['run'], **saved['cfg']}
@@ -196,7 +202,7 @@ def _resume_settings(out:Path, method:str|None, data:str|None, preset:str|None, 
 
 def _check_resume(out:Path, config:dict) -> bool:
     "Refuse to resume a run whose config.json differs from `config`; return whether the number of steps grows."
-    old = json.loads((out/'config.json').read_text())
+    old = run_config(out)
     flat = lambda c: {**{k: c.get(k) for k in ('method', 'data', 'image_size', 'preset')}, **c['run'], **c['cfg']}
     a, b = flat(old), flat(config)
     defaults = {f.name: f.default for c in (RunConfig, get_method(config['method']).config) for f in fields(c)}
@@ -379,12 +385,6 @@ def sample_run(run:str|Path, n:int, steps:int|None=None, device=None, sampler:st
         raise ValueError(f"{bad} of {n} samples of {run} are NaN or infinite ({checkpoint} checkpoint"
                          f"{'' if steps is None else f', {steps} steps'}): try --checkpoint best, more --steps or another --sampler")
     return x
-
-def run_config(run:str|Path) -> dict:
-    "The configuration a run folder's `config.json` records; a `ValueError` when it has none."
-    f = Path(run)/'config.json'
-    try: return json.loads(f.read_text())
-    except (OSError, ValueError) as e: raise ValueError(f"{f}: no readable run configuration ({e}); give a run folder written by gpm_train") from None
 
 def inception_fid_run(run:str|Path, # a run folder of image data
                       x:Tensor, # its samples, in the data's layout and range (`sample_run`)

@@ -572,6 +572,13 @@ def test_resume_from_corrupt_checkpoint_is_refused_and_kept(tmp_path):
     with pytest.raises(ValueError, match='corrupt or truncated'): train(**quick(steps=10), out=out, resume=True)
     assert (out/'checkpoint.pt').read_bytes() == b'\x00' * 64          # nothing overwritten
 
+def test_resume_with_a_corrupt_config_is_refused_and_kept(tmp_path):
+    "A run folder whose config.json is not JSON: resuming says which file, and neither it nor the checkpoint is overwritten."
+    out = tmp_path/'r'; train(**quick(steps=5), out=out)
+    ck = (out/'checkpoint.pt').read_bytes(); (out/'config.json').write_text('{"method": "discr_')
+    with pytest.raises(ValueError, match=r'config.json: no readable run configuration'): train(out=out, resume=True, quiet=True)
+    assert (out/'config.json').read_text() == '{"method": "discr_' and (out/'checkpoint.pt').read_bytes() == ck
+
 @pytest.mark.parametrize('method', METHOD_NAMES)
 def test_bench_reports_figures(method):
     b = bench(method, preset='quick', iters=2, n_samples=500, device='cpu')
