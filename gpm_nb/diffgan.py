@@ -5,7 +5,7 @@
 # %% ../nbs/19_diffgan.ipynb #88c41665
 from __future__ import annotations
 import math
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 import torch
 from torch import nn, Tensor
 from fastcore.basics import patch
@@ -16,7 +16,7 @@ from .train import all_mean_, dist_info
 from .monoflow import GANLoss
 from .data import as_data
 from .gpm import (sample_shape, method_inputs, DiscriminatorField, DiscrFlow, Generator, GaussianPrior, GAN, RunConfig, GANConfig, no_input_features,
-                        DiscrFlowConfig, Method, register, _check, positive, pos_real, unit_interval, open_unit, EMB_RULE, _net_kind, generator_net, free_particles, spread, particle_eta)
+                        DiscrFlowConfig, Method, register, _check, positive, pos_real, unit_interval, open_unit, EMB_RULE, _net_kind, generator_net, free_particles, spread, particle_eta, GAN_PRESETS)
 
 # %% auto #0
 __all__ = ['TS_DISTS', 'CONDS', 'SIGMA_N_RATIO', 'DIFFUSION_GAN_PRESETS', 'linear_betas', 'alphas_bar', 'diffuse',
@@ -288,6 +288,8 @@ DIFFUSION_GAN_PRESETS = {
             DiffusionGANConfig(width=256, depth=3, g_width=256, g_depth=3, latent=32, gp=0.1, gp_on='interp', ema=0.999)),
     'quick': (RunConfig(steps=150, eval_every=150, n_eval=500),
               DiffusionGANConfig(width=64, depth=2, g_width=64, g_depth=2, latent=16, gp=0.1, gp_on='interp', ema=0.99, s_emb=16)),
+    'cifar10': (GAN_PRESETS['cifar10'][0],    # the official CIFAR-10 command: the GAN's cifar10 preset (16_gpm) with the diffusion's defaults
+                DiffusionGANConfig(**asdict(GAN_PRESETS['cifar10'][1]), sigma_n=0.05)),
 }
 register(Method('diffusion_gan', 'diffused discriminator D(y, level) with adaptive T', 'generator', GAN, DiffusionGANConfig,
                 DIFFUSION_GAN_PRESETS, diffusion_gan, resolve_sigma_n))

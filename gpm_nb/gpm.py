@@ -753,6 +753,9 @@ GAN_PRESETS['digits'] = (replace(GAN_PRESETS['cpu'][0], steps=6000), GAN_PRESETS
 GAN_PRESETS['mnist'] = (RunConfig(steps=10_000, eval_every=1000, n_eval=10_000), GANConfig())   # GPM's MNIST GAN: NS loss, 64-channel nets, latent 128
 GAN_PRESETS['celeba64'] = (RunConfig(steps=100_000, batch_size=64, eval_every=5000, n_eval=10_000),
                            GANConfig(loss='hinge', width=256, g_width=256))                       # GPM's CelebA GAN: hinge loss, 32-channel nets
+GAN_PRESETS['cifar10'] = (RunConfig(steps=781_250, batch_size=64, eval_every=10_000, n_eval=10_000),   # StyleGAN2's cifar config, as Diffusion-GAN runs it
+                          GANConfig(lr=2.5e-3, g_lr=2.5e-3, beta1=0., beta2=0.99, gp=0.005, gp_on='real', ema=0.99991, latent=512,
+                                    width=512, g_width=512))
 register(Method('discr_flow', 'time-conditioned discriminator D(x, t)', 'free particles', DiscrFlow, DiscrFlowConfig,
                 DISCR_FLOW_PRESETS, discr_flow, resolve_data_scale, image_preset='digits'))
 register(Method('gan', 'discriminator D(x)', 'generator', GAN, GANConfig, GAN_PRESETS, gan, image_preset='digits'))

@@ -369,6 +369,8 @@ EDM_PRESETS = {
     'mnist': (RunConfig(steps=500_000, eval_every=10_000, n_eval=10_000), EDMConfig(width=128, t_emb=256, sample_steps=32)),   # GPM's: 16 channels, Heun 32
     'celeba64': (RunConfig(steps=100_000, batch_size=64, eval_every=10_000, n_eval=10_000),
                  EDMConfig(width=1024, t_emb=256, sample_steps=25)),                                                        # GPM's: 128 channels, Heun 25
+    'cifar10': (RunConfig(steps=390_625, batch_size=512, eval_every=10_000, n_eval=10_000),                                  # EDM's CIFAR-10: 200 Mimg,
+                EDMConfig(width=1024, lr=1e-3, sigma_max=80., sample_steps=18, ema=0.99929)),                              # 128 channels, Heun 18
 }
 SD_FLOW_PRESETS = {
     'gpu': (RunConfig(steps=4000, batch_size=512), SDFlowConfig()),

@@ -367,23 +367,29 @@ def test_nets_at_64_px():
     with pytest.raises(ValueError, match=r'shape \(\*, 3, 64, 64\)'): D(torch.randn(2, 3, 32, 32), torch.rand(2))
 
 
-# ------------------------------------------------------------------------ GPM's image presets, for GPU users
+# ---------------------------------------------------- the papers' image presets (GPM, EDM, Diffusion-GAN), for GPU users
 
-@pytest.mark.parametrize('method,preset,make,want', [
-    ('discr_flow', 'mnist', make_mnist, dict(loss='ipm', K=64, eta=2., gp=0.04, gp_center=0.)),
-    ('discr_flow', 'celeba64', make_celeba, dict(loss='ipm', K=25, eta=2., gp=0.05, gp_center=0.)),
-    ('gan', 'mnist', make_mnist, dict(loss='vanilla', latent=128, gp=0.)),
-    ('gan', 'celeba64', make_celeba, dict(loss='hinge', latent=128, width=256, g_width=256)),
-    ('edm', 'mnist', make_mnist, dict(sigma_min=0.002, sigma_max=40., sigma_data=0.5, sampler='heun', sample_steps=32, width=128)),
-    ('edm', 'celeba64', make_celeba, dict(sigma_min=0.002, sigma_max=40., sigma_data=0.5, sampler='heun', sample_steps=25, width=1024))])
-def test_gpm_image_presets_train_on_the_real_formats(tmp_path, monkeypatch, capsys, method, preset, make, want):
-    "Each of GPM's image configurations holds the values of GPM's config file and trains on the data set's files (stand-ins in the real format)."
+def make_cifar6(root, n=6): make_cifar(root, k=2)   # 10 images: two per batch file
+
+@pytest.mark.parametrize('method,preset,make,want,steps,batch', [
+    ('discr_flow', 'mnist', make_mnist, dict(loss='ipm', K=64, eta=2., gp=0.04, gp_center=0.), 200_000, 128),
+    ('discr_flow', 'celeba64', make_celeba, dict(loss='ipm', K=25, eta=2., gp=0.05, gp_center=0.), 200_000, 64),
+    ('gan', 'mnist', make_mnist, dict(loss='vanilla', latent=128, gp=0.), 10_000, 128),
+    ('gan', 'celeba64', make_celeba, dict(loss='hinge', latent=128, width=256, g_width=256), 100_000, 64),
+    ('gan', 'cifar10', make_cifar6, dict(loss='vanilla', latent=512, lr=2.5e-3, g_lr=2.5e-3, beta1=0., beta2=0.99, gp=0.005,
+                                         gp_on='real', ema=0.99991), 781_250, 64),
+    ('diffusion_gan', 'cifar10', make_cifar6, dict(loss='vanilla', latent=512, lr=2.5e-3, gp=0.005, gp_on='real', sigma_n=0.05,
+                                                   d_target=0.6, ts_dist='priority', T_min=10, T_max=1000, ada_kimg=100.), 781_250, 64),
+    ('edm', 'mnist', make_mnist, dict(sigma_min=0.002, sigma_max=40., sigma_data=0.5, sampler='heun', sample_steps=32, width=128), 500_000, 128),
+    ('edm', 'celeba64', make_celeba, dict(sigma_min=0.002, sigma_max=40., sigma_data=0.5, sampler='heun', sample_steps=25, width=1024), 100_000, 64),
+    ('edm', 'cifar10', make_cifar6, dict(sigma_min=0.002, sigma_max=80., sigma_data=0.5, sampler='heun', sample_steps=18, width=1024,
+                                         lr=1e-3, ema=0.99929), 390_625, 512)])
+def test_paper_image_presets_train_on_the_real_formats(tmp_path, monkeypatch, capsys, method, preset, make, want, steps, batch):
+    "Each image configuration of the papers (GPM's MNIST and CelebA; Diffusion-GAN's and EDM's CIFAR-10) holds the values of the paper's code and trains on the data set's files (stand-ins in the real format)."
     from gpm_nb.cli import gpm_train, run_configs
     from helpers import cli
     run, cfg = run_configs(method, preset)
-    assert {k: getattr(cfg, k) for k in want} == want and run.steps == {'discr_flow': 200_000, 'gan': 10_000 if preset == 'mnist' else 100_000,
-                                                                        'edm': 500_000 if preset == 'mnist' else 100_000}[method]
-    assert run.batch_size == (128 if preset == 'mnist' else 64)
+    assert {k: getattr(cfg, k) for k in want} == want and (run.steps, run.batch_size) == (steps, batch)
     make(tmp_path/'data', n=6); monkeypatch.setenv('GPM_DATA', str(tmp_path/'data'))
     if make is make_celeba:                                   # six different images: the stand-in faces are all alike
         for f in (tmp_path/'data'/'celeba'/'img_align_celeba').iterdir():   # random blocks of 20 px, which JPEG keeps (pixel noise it smooths)
@@ -392,6 +398,6 @@ def test_gpm_image_presets_train_on_the_real_formats(tmp_path, monkeypatch, caps
     code, msg = cli(capsys, gpm_train, '--method', method, '--data', preset, '--preset', preset, '--steps', 2, '--eval_every', 1000,
                     '--batch_size', 4, '--n_eval', 8, '--n_samples', 8, '--out', tmp_path/'r', '--quiet', *few)
     assert code == 0, msg
-    shape = (1, 32, 32) if preset == 'mnist' else (3, 64, 64)
+    shape = {'mnist': (1, 32, 32), 'cifar10': (3, 32, 32), 'celeba64': (3, 64, 64)}[preset]
     assert np.load(tmp_path/'r'/'samples.npy').shape == (8, *shape)
     assert json.loads((tmp_path/'r'/'config.json').read_text())['preset'] == preset
