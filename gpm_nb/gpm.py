@@ -14,7 +14,7 @@ from torch import nn, Tensor
 from fastcore.basics import patch
 from .core import default_device, native_bf16, check_finite, append_dims, check_count
 from .data import as_data
-from .nets import MLP, ConvNet, ConvGenerator
+from .nets import MLP, ConvNet, ConvGenerator, ACTIVATIONS, activation
 from .integrate import Field, FnField, integrate, as_grid
 from .metrics import energy_distance, sliced_w2, mmd, metric_floor, mode_stats
 from .train import Callback, LinearDecayCB, EMA, CudaGraphed, loss_grads, step_grads
@@ -564,10 +564,12 @@ class GANConfig(DiscriminatorConfig):
     g_depth: int = 4           # generator MLP hidden layers
     g_lr: float = 2e-4         # Adam learning rate of the generator
     n_critic: int = 1          # discriminator updates per generator update
+    g_act: str = 'leaky_relu'  # generator activation: leaky_relu (GPM's) or relu (`03_nets`)
     cuda_graph: bool = True    # on a GPU, replay each update's gradients from CUDA graphs (`GAN.graph_step`); no effect on a CPU or on a field without `fit_loss`
     def __post_init__(self):
         super().__post_init__()
         _check(self, latent=positive, g_width=positive, g_depth=positive, g_lr=pos_real, n_critic=positive)
+        if self.g_act not in ACTIVATIONS: raise ValueError(f"config field g_act must be one of {', '.join(ACTIVATIONS)}, got {self.g_act!r}")
 
 # %% ../nbs/16_gpm.ipynb #cca03832
 def _parse(cls, name:str, raw):
@@ -613,8 +615,9 @@ def discriminator_net(shape:tuple, cfg:DiscriminatorConfig, t_emb:int=0) -> nn.M
 
 def generator_net(shape:tuple, cfg:GANConfig) -> nn.Module:
     "A generator z -> x for samples of `shape`: an MLP for vectors, a conv generator for images."
-    if _net_kind(shape, 'generator') == 'vector': return MLP(cfg.latent, shape[0], cfg.g_width, cfg.g_depth, 0, init_std=cfg.init_std, squeeze=False)
-    return ConvGenerator(cfg.latent, shape[0], shape[1], max(cfg.g_width // 8, 8))
+    act = activation(cfg.g_act)
+    if _net_kind(shape, 'generator') == 'vector': return MLP(cfg.latent, shape[0], cfg.g_width, cfg.g_depth, 0, act=act, init_std=cfg.init_std, squeeze=False)
+    return ConvGenerator(cfg.latent, shape[0], shape[1], max(cfg.g_width // 8, 8), act=act)
 
 # %% ../nbs/16_gpm.ipynb #6af9ac80
 def method_inputs(data, # has `sample(n, device)`, or a tensor / numpy array of samples (n, ...)

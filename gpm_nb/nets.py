@@ -15,9 +15,16 @@ def leaky_relu() -> nn.Module:
     "GPM's activation: leaky ReLU with slope 0.2."
     return nn.LeakyReLU(0.2)
 
+ACTIVATIONS = {'leaky_relu': leaky_relu, 'relu': nn.ReLU}   # a generator's activation by name (`GANConfig.g_act`)
+
+def activation(name:str) -> Callable[[], nn.Module]:
+    "The factory of activation `name` (a key of `ACTIVATIONS`); a `ValueError` lists the names."
+    if name not in ACTIVATIONS: raise ValueError(f"unknown activation {name!r}: choose one of {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
 # %% auto #0
-__all__ = ['leaky_relu', 'FourierEmbedding', 'init_normal_', 'MLP', 'InputFeatures', 'FiLMBlock', 'ConvNet', 'UpBlock',
-           'ConvGenerator', 'ResBlock', 'UNet']
+__all__ = ['ACTIVATIONS', 'leaky_relu', 'activation', 'FourierEmbedding', 'init_normal_', 'MLP', 'InputFeatures', 'FiLMBlock',
+           'ConvNet', 'UpBlock', 'ConvGenerator', 'ResBlock', 'UNet']
 
 # %% ../nbs/03_nets.ipynb #0577017c
 class FourierEmbedding(nn.Module):
@@ -140,9 +147,9 @@ def _norm(c:int) -> nn.Module:
     return nn.GroupNorm(math.gcd(8, c), c)
 
 class UpBlock(nn.Sequential):
-    "Nearest-neighbour 2x upsampling -> 3x3 conv -> group norm -> leaky ReLU."
-    def __init__(self, c_in:int, c_out:int):
-        super().__init__(nn.Upsample(scale_factor=2, mode='nearest'), nn.Conv2d(c_in, c_out, 3, 1, 1), _norm(c_out), leaky_relu())
+    "Nearest-neighbour 2x upsampling -> 3x3 conv -> group norm -> activation (leaky ReLU)."
+    def __init__(self, c_in:int, c_out:int, act:Callable[[], nn.Module]=leaky_relu):
+        super().__init__(nn.Upsample(scale_factor=2, mode='nearest'), nn.Conv2d(c_in, c_out, 3, 1, 1), _norm(c_out), act())
 
 # %% ../nbs/03_nets.ipynb #feaf05e5
 class ConvGenerator(nn.Module):
@@ -152,7 +159,8 @@ class ConvGenerator(nn.Module):
                  c_out:int=1, # image channels
                  size:int=8, # image side in pixels: 8, 28, 32 or 64
                  width:int=64, # channels of the last block, doubled at each block towards z
-                 init_std:float|None=0.02): # N(0, init_std^2) weights as in DCGAN; None or 0: PyTorch's default init
+                 init_std:float|None=0.02, # N(0, init_std^2) weights as in DCGAN; None or 0: PyTorch's default init
+                 act:Callable[[], nn.Module]=leaky_relu): # factory of the activation module
         super().__init__()
         if size not in self.SIZES:
             raise ValueError(f"ConvGenerator supports image sizes {', '.join(map(str, self.SIZES))}, got {size}")
@@ -160,8 +168,8 @@ class ConvGenerator(nn.Module):
         self.latent, self.c_out, self.size = latent, c_out, size
         s0, k = self.SIZES[size]
         c0 = width * 2**k
-        self.proj = nn.Sequential(nn.Linear(latent, c0 * s0 * s0), nn.Unflatten(1, (c0, s0, s0)), _norm(c0), leaky_relu())
-        self.blocks = nn.Sequential(*[UpBlock(width * 2**(j + 1), width * 2**j) for j in reversed(range(k))])
+        self.proj = nn.Sequential(nn.Linear(latent, c0 * s0 * s0), nn.Unflatten(1, (c0, s0, s0)), _norm(c0), act())
+        self.blocks = nn.Sequential(*[UpBlock(width * 2**(j + 1), width * 2**j, act) for j in reversed(range(k))])
         self.out = nn.Conv2d(width, c_out, 3, 1, 1)
         if init_std: init_normal_(self, init_std)
     def forward(self, z:Tensor) -> Tensor:

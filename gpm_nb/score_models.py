@@ -12,7 +12,7 @@ import torch
 from torch import nn, Tensor
 from fastcore.basics import patch
 from .core import default_device, append_dims, check_count
-from .nets import MLP, UNet
+from .nets import MLP, UNet, ACTIVATIONS
 from .integrate import Field
 from .scores import Denoiser, edm_loss, to_d, get_sigmas_karras, get_sampler, SAMPLERS, edm_defaults
 from .sdflow import kernel_denoiser
@@ -263,6 +263,7 @@ class _GeneratorFields:
     latent: int = 128          # latent size
     g_width: int = 512         # generator MLP width (conv generator: channels)
     g_depth: int = 4           # generator MLP hidden layers
+    g_act: str = 'leaky_relu'  # generator activation: leaky_relu or relu (GPM's ScoreGAN code: relu)
     init_std: float = 0.02     # N(0, init_std^2) generator weights; 0: PyTorch's default init
     g_lr: float = 2e-4         # Adam learning rate of the generator
     g_beta1: float = 0.5       # its Adam beta1
@@ -277,6 +278,7 @@ class _GeneratorFields:
                g_beta2=unit_interval, push_sigma_min=pos_real, push_rho=pos_real, eta=pos_real, g_ema=unit_interval)
         if not self.push_sigma_min < self.push_sigma_max:
             raise ValueError(f"config fields push_sigma_min < push_sigma_max required, got {self.push_sigma_min!r} >= {self.push_sigma_max!r}")
+        if self.g_act not in ACTIVATIONS: raise ValueError(f"config field g_act must be one of {', '.join(ACTIVATIONS)}, got {self.g_act!r}")
 
 @dataclass(frozen=True)
 class SDFlowConfig(_GeneratorFields):
@@ -331,7 +333,7 @@ def edm(data, # has `sample(n, device)`
 
 # %% ../nbs/17_score_models.ipynb #fce4748d
 def _generator(shape:tuple, cfg:_GeneratorFields) -> Generator:
-    net = generator_net(shape, GANConfig(latent=cfg.latent, g_width=cfg.g_width, g_depth=cfg.g_depth, init_std=cfg.init_std))
+    net = generator_net(shape, GANConfig(latent=cfg.latent, g_width=cfg.g_width, g_depth=cfg.g_depth, g_act=cfg.g_act, init_std=cfg.init_std))
     return Generator(net, GaussianPrior((cfg.latent,)), cfg.g_lr, (cfg.g_beta1, cfg.g_beta2))
 
 def sd_flow(data, cfg:SDFlowConfig=SDFlowConfig(), run:RunConfig=RunConfig(), device=None) -> ScoreGenerator:

@@ -360,6 +360,7 @@ def test_digits_run_with_evaluations_is_not_declared_diverged(tmp_path):
     (('--K', 'many'), "config field K takes an int, got 'many'"),
     (('--gp', '-1'), 'config field gp must be >= 0'),
     (('--prior', 'fitted'), 'config field prior must be one of normal, moments'),
+    (('--method', 'gan', '--g_act', 'tanh'), 'config field g_act must be one of leaky_relu, relu'),
     (('--lr_decay', '2'), 'config field lr_decay must be in [0, 1]'),
     (('--steps',), '--steps needs a value'),
     (('stray',), "unexpected argument 'stray'")])

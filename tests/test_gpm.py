@@ -534,6 +534,16 @@ def test_networks_for_images():
         with pytest.raises(ValueError, match='8, 28, 32, 64'): f((1, 16, 16), cfg)
         with pytest.raises(ValueError, match='8, 28, 32, 64'): f((3, 8, 6), cfg)
 
+@pytest.mark.parametrize('shape', [(2,), (1, 8, 8)])
+def test_generator_activation_is_chosen_by_g_act(shape):
+    "g_act picks the activation of every hidden layer of the generator, MLP or conv, and of nothing else."
+    acts = lambda net: {type(m) for m in net.modules() if isinstance(m, (nn.ReLU, nn.LeakyReLU))}
+    assert acts(generator_net(shape, GAN_CFG)) == {nn.LeakyReLU}
+    G = generator_net(shape, replace(GAN_CFG, g_act='relu'))
+    assert acts(G) == {nn.ReLU} and G(torch.randn(3, GAN_CFG.latent)).shape == (3, *shape)
+    assert acts(discriminator_net(shape, replace(DF_CFG, x_emb=0))) == {nn.LeakyReLU}
+    with pytest.raises(ValueError, match="g_act must be one of leaky_relu, relu, got 'gelu'"): replace(GAN_CFG, g_act='gelu')
+
 def test_bad_inputs():
     m = build_df()
     with pytest.raises(ValueError, match='n must be a positive integer'): m.sample(0)
