@@ -382,16 +382,17 @@ SD_FLOW_PRESETS = {
               SDFlowConfig(latent=16, g_width=64, g_depth=2, g_lr=2e-3)),
 }
 SCORE_GAN_PRESETS = {
-    'gpu': (RunConfig(steps=41_500), ScoreGANConfig(teacher_steps=10_000)),
+    'gpu': (RunConfig(steps=41_500), ScoreGANConfig(teacher_steps=10_000, g_act='relu')),   # GPM's: a ReLU generator
     'cpu': (RunConfig(steps=30_000, batch_size=512, lr_decay=0.2, eval_every=2000, n_eval=5000),
             ScoreGANConfig(width=256, depth=3, teacher_steps=10_000, n_fake=2, fake_lr=1e-3, latent=32, g_width=256,
-                           g_depth=3, g_lr=1e-3, push_sigma_max=3., push_rho=7., g_ema=0.999)),
+                           g_depth=3, g_lr=1e-3, push_sigma_max=3., push_rho=7., g_ema=0.999, g_act='relu')),
     'quick': (RunConfig(steps=200, batch_size=256, eval_every=200, n_eval=500),
               ScoreGANConfig(width=64, depth=2, t_emb=32, lr=1e-3, fake_lr=1e-3, teacher_steps=100, n_fake=1, latent=16, g_width=64,
                              g_depth=2, g_lr=2e-3)),
 }
 SCORE_GAN_PRESETS['digits'] = (RunConfig(steps=6000, batch_size=128, lr_decay=0.2, eval_every=3000, n_eval=5000),   # images: U-Net denoisers, a conv generator
-                               replace(SCORE_GAN_PRESETS['cpu'][1], lr=5e-4, teacher_steps=6000, push_sigma_min=0.03))   # the cpu preset's, its own teacher as EDM's digits preset
+                               replace(SCORE_GAN_PRESETS['cpu'][1], lr=5e-4, teacher_steps=6000, push_sigma_min=0.03,   # the cpu preset's, its own teacher as EDM's digits preset,
+                                       g_act='leaky_relu'))                                                                   # and the leaky ReLU it was measured with
 register(Method('edm', 'learned denoiser D(x, sigma) (scores)', 'free particles', Diffusion, EDMConfig, EDM_PRESETS, edm, resolve_noise,
                 image_preset='digits'))
 register(Method('sd_flow', 'kernel score difference', 'generator', ScoreGenerator, SDFlowConfig, SD_FLOW_PRESETS, sd_flow))
