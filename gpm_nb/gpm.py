@@ -22,13 +22,13 @@ from .monoflow import GAN_LOSSES, GANLoss, gan_loss
 
 # %% auto #0
 __all__ = ['GP_ON', 'MOMENT_MAX_DIM', 'positive', 'nonneg', 'pos_real', 'unit_interval', 'open_unit', 'init_std_rule',
-           'X_EMB_RULE', 'EMB_RULE', 'PRIORS', 'VANILLA_SPEED', 'DF_SPREAD', 'METHODS', 'BUILTIN_METHOD_MODULES',
-           'DISCR_FLOW_PRESETS', 'GAN_PRESETS', 'DiscriminatorField', 'GaussianPrior', 'MomentPrior', 'FreeParticles',
-           'per_sample_time', 'plain_random_states', 'push_loss', 'Generator', 'sample_shape', 'Recipe',
-           'interp_weights', 'loss_values', 'flow_grid', 'ScaledData', 'spread', 'DiscrFlow', 'GAN', 'RunConfig',
-           'DiscriminatorConfig', 'DiscrFlowConfig', 'GANConfig', 'override', 'no_input_features', 'discriminator_net',
-           'generator_net', 'method_inputs', 'equilibrium_speed', 'particle_eta', 'free_particles', 'discr_flow',
-           'resolve_data_scale', 'gan', 'schedule_cbs', 'Method', 'register', 'all_methods', 'get_method',
+           'X_EMB_RULE', 'EMB_RULE', 'ACT_RULE', 'PRIORS', 'VANILLA_SPEED', 'DF_SPREAD', 'METHODS',
+           'BUILTIN_METHOD_MODULES', 'DISCR_FLOW_PRESETS', 'GAN_PRESETS', 'DiscriminatorField', 'GaussianPrior',
+           'MomentPrior', 'FreeParticles', 'per_sample_time', 'plain_random_states', 'push_loss', 'Generator',
+           'sample_shape', 'Recipe', 'interp_weights', 'loss_values', 'flow_grid', 'ScaledData', 'spread', 'DiscrFlow',
+           'GAN', 'RunConfig', 'DiscriminatorConfig', 'DiscrFlowConfig', 'GANConfig', 'override', 'no_input_features',
+           'discriminator_net', 'generator_net', 'method_inputs', 'equilibrium_speed', 'particle_eta', 'free_particles',
+           'discr_flow', 'resolve_data_scale', 'gan', 'schedule_cbs', 'Method', 'register', 'all_methods', 'get_method',
            'out_of_range', 'evaluate']
 
 # %% ../nbs/16_gpm.ipynb #d58e02cd
@@ -493,6 +493,7 @@ open_unit = (lambda v: 0 < v < 1, 'in (0, 1)')
 init_std_rule = (lambda v: v >= 0, ">= 0 (0: PyTorch's default init)")
 X_EMB_RULE = (lambda v: v >= 0 and v % 2 == 0, 'even and >= 0 (0: no input features)')
 EMB_RULE = (lambda v: v >= 2 and v % 2 == 0, 'even and >= 2')
+ACT_RULE = (lambda v: v in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}")   # a generator's activation (`g_act`)
 
 # %% ../nbs/16_gpm.ipynb #80b5bddd
 @dataclass(frozen=True)
@@ -568,8 +569,7 @@ class GANConfig(DiscriminatorConfig):
     cuda_graph: bool = True    # on a GPU, replay each update's gradients from CUDA graphs (`GAN.graph_step`); no effect on a CPU or on a field without `fit_loss`
     def __post_init__(self):
         super().__post_init__()
-        _check(self, latent=positive, g_width=positive, g_depth=positive, g_lr=pos_real, n_critic=positive)
-        if self.g_act not in ACTIVATIONS: raise ValueError(f"config field g_act must be one of {', '.join(ACTIVATIONS)}, got {self.g_act!r}")
+        _check(self, latent=positive, g_width=positive, g_depth=positive, g_lr=pos_real, n_critic=positive, g_act=ACT_RULE)
 
 # %% ../nbs/16_gpm.ipynb #cca03832
 def _parse(cls, name:str, raw):

@@ -12,13 +12,13 @@ import torch
 from torch import nn, Tensor
 from fastcore.basics import patch
 from .core import default_device, append_dims, check_count
-from .nets import MLP, UNet, ACTIVATIONS
+from .nets import MLP, UNet
 from .integrate import Field
 from .scores import Denoiser, edm_loss, to_d, get_sigmas_karras, get_sampler, SAMPLERS, edm_defaults
 from .sdflow import kernel_denoiser
 from .train import EMA, read_checkpoint
 from .data import as_data
-from .gpm import (sample_shape, method_inputs, FreeParticles, GaussianPrior, Generator, GAN, Recipe, RunConfig, Method, register, push_loss, _check, init_std_rule,
+from .gpm import (sample_shape, method_inputs, FreeParticles, GaussianPrior, Generator, GAN, Recipe, RunConfig, Method, register, push_loss, _check, init_std_rule, ACT_RULE,
                         positive, nonneg, _net_kind, GANConfig, generator_net, X_EMB_RULE, EMB_RULE, pos_real, unit_interval, no_input_features)
 
 # %% auto #0
@@ -275,10 +275,9 @@ class _GeneratorFields:
     g_ema: float = 0.          # decay of the generator average used to sample (0: none)
     def __post_init__(self):
         _check(self, latent=positive, g_width=positive, g_depth=positive, init_std=init_std_rule, g_lr=pos_real, g_beta1=unit_interval,
-               g_beta2=unit_interval, push_sigma_min=pos_real, push_rho=pos_real, eta=pos_real, g_ema=unit_interval)
+               g_beta2=unit_interval, push_sigma_min=pos_real, push_rho=pos_real, eta=pos_real, g_ema=unit_interval, g_act=ACT_RULE)
         if not self.push_sigma_min < self.push_sigma_max:
             raise ValueError(f"config fields push_sigma_min < push_sigma_max required, got {self.push_sigma_min!r} >= {self.push_sigma_max!r}")
-        if self.g_act not in ACTIVATIONS: raise ValueError(f"config field g_act must be one of {', '.join(ACTIVATIONS)}, got {self.g_act!r}")
 
 @dataclass(frozen=True)
 class SDFlowConfig(_GeneratorFields):
