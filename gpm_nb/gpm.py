@@ -576,7 +576,7 @@ def _parse(cls, name:str, raw):
     "The value `raw` (a string or a JSON value) converted to the type of field `name` of `cls`."
     typ = typing.get_type_hints(cls)[name]
     if isinstance(raw, str) and typ is not str:
-        try: raw = json.loads(raw)
+        try: raw = float(raw) if typ is float else json.loads(raw)   # a float field reads Python's spellings too: '3.', '.5', '1e-3'
         except ValueError: raise ValueError(f"config field {name} takes {'an' if typ is int else 'a'} {typ.__name__}, got {raw!r}") from None
     if typ is float and isinstance(raw, int) and not isinstance(raw, bool): raw = float(raw)
     if type(raw) is not typ: raise ValueError(f"config field {name} takes {'an' if typ is int else 'a'} {typ.__name__}, got {raw!r}")

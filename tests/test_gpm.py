@@ -180,6 +180,8 @@ def test_override():
     with pytest.raises(ValueError, match='config field K takes an int, got 1.5'): override((run, cfg), K=1.5)
     with pytest.raises(ValueError, match='config field steps takes an int, got True'): override((run, cfg), steps=True)
     with pytest.raises(ValueError, match='config field loss takes a str, got 3'): override((run, cfg), loss=3)
+    assert [override((run, cfg), gp=s)[1].gp for s in ('3.', '.5', '1e-1', '2')] == [3., .5, .1, 2.]   # a float as a user types it
+    with pytest.raises(ValueError, match="config field gp takes a float, got 'lots'"): override((run, cfg), gp='lots')
     with pytest.raises(ValueError, match='config field gp must be >= 0'): override((run, cfg), gp='-1')   # validated
     with pytest.raises(ValueError, match='unknown GAN loss'): override((run, GANConfig()), loss='wgan')
 
