@@ -284,12 +284,14 @@ def diffused_discr_flow(data, cfg:DiffusedDiscrFlowConfig=DiffusedDiscrFlowConfi
 # %% ../nbs/19_diffgan.ipynb #e2084c14
 DIFFUSION_GAN_PRESETS = {
     'gpu': (RunConfig(steps=1900), DiffusionGANConfig()),
-    'cpu': (RunConfig(steps=6000, lr_decay=0.5, eval_every=1500, n_eval=5000),
-            DiffusionGANConfig(width=256, depth=3, g_width=256, g_depth=3, latent=32, gp=0.1, gp_on='interp', ema=0.999)),
+    'cpu': (GAN_PRESETS['cpu'][0],    # the GAN's cpu preset (16_gpm: penalty 3, a ReLU generator, 20,000 iterations) with the diffusion's defaults
+            DiffusionGANConfig(**asdict(GAN_PRESETS['cpu'][1]))),
     'quick': (RunConfig(steps=150, eval_every=150, n_eval=500),
               DiffusionGANConfig(width=64, depth=2, g_width=64, g_depth=2, latent=16, gp=0.1, gp_on='interp', ema=0.99, s_emb=16)),
+    'digits': (RunConfig(steps=6000, lr_decay=0.5, eval_every=1500, n_eval=5000),   # images: the cpu preset before it took the GAN's, as measured on digits
+               DiffusionGANConfig(width=256, depth=3, g_width=256, g_depth=3, latent=32, gp=0.1, gp_on='interp', ema=0.999)),
     'cifar10': (GAN_PRESETS['cifar10'][0],    # the official CIFAR-10 command: the GAN's cifar10 preset (16_gpm) with the diffusion's defaults
                 DiffusionGANConfig(**asdict(GAN_PRESETS['cifar10'][1]), sigma_n=0.05)),
 }
 register(Method('diffusion_gan', 'diffused discriminator D(y, level) with adaptive T', 'generator', GAN, DiffusionGANConfig,
-                DIFFUSION_GAN_PRESETS, diffusion_gan, resolve_sigma_n))
+                DIFFUSION_GAN_PRESETS, diffusion_gan, resolve_sigma_n, image_preset='digits'))

@@ -175,7 +175,7 @@ def test_checkpoint_keeps_the_adaptive_state(tmp_path):
 # ---------------------------------------------------------------- the CLI
 
 def test_cli_trains_resumes_and_samples(tmp_path, capsys):
-    assert 'diffusion_gan' in METHODS and set(DIFFUSION_GAN_PRESETS) == {'quick', 'cpu', 'gpu', 'cifar10'}
+    assert 'diffusion_gan' in METHODS and set(DIFFUSION_GAN_PRESETS) == {'quick', 'cpu', 'gpu', 'digits', 'cifar10'}
     out = tmp_path/'r'
     code, msg = cli(capsys, gpm_train, '--method', 'diffusion_gan', '--preset', 'quick', '--steps', 10, '--eval_every', 10,
                     '--out', out, '--quiet', '--n_samples', 200)
