@@ -1,6 +1,6 @@
 "Diffusion-GAN: the schedule, the pool, the adaptive length driven by a controlled discriminator, r_d for every loss, the velocity through the diffusion, resume with the adaptive state, the CLI, and bad input."
 import json, math
-from dataclasses import replace
+from dataclasses import replace, asdict, fields
 import numpy as np, pytest, torch
 from torch import nn
 from gpm_nb.core import seed_everything
@@ -173,6 +173,14 @@ def test_checkpoint_keeps_the_adaptive_state(tmp_path):
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 # ---------------------------------------------------------------- the CLI
+
+def test_cpu_preset_is_the_gans_with_the_diffusion():
+    "Diffusion-GAN's cpu preset: the GAN's run and networks, the diffusion's defaults, and Adam's beta2 at the 0.999 it was measured with."
+    (run, c), (grun, g) = DIFFUSION_GAN_PRESETS['cpu'], METHODS['gan'].presets['cpu']
+    assert run == grun and g.beta2 == 0.99 and c.beta2 == 0.999
+    assert all(getattr(c, f.name) == getattr(g, f.name) for f in fields(g) if f.name != 'beta2')
+    extra = {f.name for f in fields(c)} - {f.name for f in fields(g)}
+    assert extra and all(getattr(c, k) == getattr(DiffusionGANConfig(), k) for k in extra), extra
 
 def test_cli_trains_resumes_and_samples(tmp_path, capsys):
     assert 'diffusion_gan' in METHODS and set(DIFFUSION_GAN_PRESETS) == {'quick', 'cpu', 'gpu', 'digits', 'cifar10'}
