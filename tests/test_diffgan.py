@@ -1,6 +1,6 @@
 "Diffusion-GAN: the schedule, the pool, the adaptive length driven by a controlled discriminator, r_d for every loss, the velocity through the diffusion, resume with the adaptive state, the CLI, and bad input."
 import json, math
-from dataclasses import replace, asdict, fields
+from dataclasses import replace, fields
 import numpy as np, pytest, torch
 from torch import nn
 from gpm_nb.core import seed_everything
