@@ -175,10 +175,10 @@ def test_checkpoint_keeps_the_adaptive_state(tmp_path):
 # ---------------------------------------------------------------- the CLI
 
 def test_cpu_preset_is_the_gans_with_the_diffusion():
-    "Diffusion-GAN's cpu preset: the GAN's run and networks, the diffusion's defaults, and Adam's beta2 at the 0.999 it was measured with."
+    "Diffusion-GAN's cpu preset: the GAN's run and networks, the diffusion's defaults, and Adam's beta2 and learning rates as it was measured with."
     (run, c), (grun, g) = DIFFUSION_GAN_PRESETS['cpu'], METHODS['gan'].presets['cpu']
-    assert run == grun and g.beta2 == 0.99 and c.beta2 == 0.999
-    assert all(getattr(c, f.name) == getattr(g, f.name) for f in fields(g) if f.name != 'beta2')
+    assert run == grun and (g.beta2, g.lr, g.g_lr) == (0.99, 4e-4, 4e-4) and (c.beta2, c.lr, c.g_lr) == (0.999, 2e-4, 2e-4)
+    assert all(getattr(c, f.name) == getattr(g, f.name) for f in fields(g) if f.name not in ('beta2', 'lr', 'g_lr'))
     extra = {f.name for f in fields(c)} - {f.name for f in fields(g)}
     assert extra and all(getattr(c, k) == getattr(DiffusionGANConfig(), k) for k in extra), extra
 

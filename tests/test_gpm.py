@@ -85,12 +85,13 @@ def test_cpu_preset_of_discr_flow_uses_pytorchs_init():
     assert c.init_std == 0. and METHODS['discr_flow'].presets['gpu'][1].init_std == 0.02
 
 def test_gan_digits_preset_is_its_cpu_preset_for_fewer_iterations():
-    "The GAN on images takes its digits preset: the cpu preset for 6000 iterations instead of 20,000, with the leaky ReLU and Adam's beta2 it was measured with, conv nets chosen by the shape."
+    "The GAN on images takes its digits preset: the cpu preset for 6000 iterations instead of 20,000, with the leaky ReLU and Adam's beta2 and learning rates it was measured with, conv nets chosen by the shape."
     from gpm_nb.nets import ConvNet, ConvGenerator
     (run, c), (cpu_run, cpu) = METHODS['gan'].presets['digits'], METHODS['gan'].presets['cpu']
     assert METHODS['gan'].default_preset((1, 8, 8)) == 'digits' and METHODS['gan'].default_preset((2,)) == 'cpu'
     assert run == replace(cpu_run, steps=6000) and run.steps < cpu_run.steps
-    assert (cpu.g_act, cpu.beta2) == ('relu', 0.99) and c == replace(cpu, g_act='leaky_relu', beta2=0.999)
+    assert (cpu.g_act, cpu.beta2, cpu.lr, cpu.g_lr) == ('relu', 0.99, 4e-4, 4e-4)
+    assert c == replace(cpu, g_act='leaky_relu', beta2=0.999, lr=2e-4, g_lr=2e-4)
     m = gan(digits(), c, replace(run, batch_size=8), device='cpu')
     assert isinstance(m.field.net, ConvNet) and isinstance(m.generator.net, ConvGenerator), (type(m.field.net), type(m.generator.net))
     assert m.sample(4).shape == (4, 1, 8, 8)
