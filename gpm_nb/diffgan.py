@@ -16,7 +16,7 @@ from .train import all_mean_, dist_info
 from .monoflow import GANLoss
 from .data import as_data
 from .gpm import (sample_shape, method_inputs, DiscriminatorField, DiscrFlow, Generator, GaussianPrior, GAN, RunConfig, GANConfig, no_input_features,
-                        DiscrFlowConfig, Method, register, _check, positive, pos_real, unit_interval, open_unit, EMB_RULE, _net_kind, generator_net, free_particles, spread, particle_eta, GAN_PRESETS)
+                        DiscrFlowConfig, Method, register, _check, positive, pos_real, unit_interval, open_unit, EMB_RULE, _net_kind, generator_net, free_particles, spread, particle_eta, GAN_PRESETS, GPM_ADAM)
 
 # %% auto #0
 __all__ = ['TS_DISTS', 'CONDS', 'SIGMA_N_RATIO', 'DIFFUSION_GAN_PRESETS', 'linear_betas', 'alphas_bar', 'diffuse',
@@ -285,8 +285,7 @@ def diffused_discr_flow(data, cfg:DiffusedDiscrFlowConfig=DiffusedDiscrFlowConfi
 DIFFUSION_GAN_PRESETS = {
     'gpu': (RunConfig(steps=1900), DiffusionGANConfig()),
     'cpu': (GAN_PRESETS['cpu'][0],    # the GAN's cpu preset (16_gpm: penalty 3, a ReLU generator, 20,000 iterations) with the diffusion's defaults
-            DiffusionGANConfig(**{**asdict(GAN_PRESETS['cpu'][1]), 'beta2': 0.999, 'lr': 2e-4, 'g_lr': 2e-4})),   # with Adam's beta2 and the learning
-                                                                                            # rates it was measured with (33_report_diffflow)
+            DiffusionGANConfig(**{**asdict(GAN_PRESETS['cpu'][1]), **GPM_ADAM})),   # with GPM's Adam, which it was measured with (33_report_diffflow)
     'quick': (RunConfig(steps=150, eval_every=150, n_eval=500),
               DiffusionGANConfig(width=64, depth=2, g_width=64, g_depth=2, latent=16, gp=0.1, gp_on='interp', ema=0.99, s_emb=16)),
     'digits': (RunConfig(steps=6000, lr_decay=0.5, eval_every=1500, n_eval=5000),   # images: the cpu preset before it took the GAN's, as measured on digits

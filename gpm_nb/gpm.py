@@ -23,13 +23,13 @@ from .monoflow import GAN_LOSSES, GANLoss, gan_loss
 # %% auto #0
 __all__ = ['GP_ON', 'MOMENT_MAX_DIM', 'positive', 'nonneg', 'pos_real', 'unit_interval', 'open_unit', 'init_std_rule',
            'X_EMB_RULE', 'EMB_RULE', 'ACT_RULE', 'PRIORS', 'VANILLA_SPEED', 'DF_SPREAD', 'METHODS',
-           'BUILTIN_METHOD_MODULES', 'DISCR_FLOW_PRESETS', 'GAN_PRESETS', 'DiscriminatorField', 'GaussianPrior',
-           'MomentPrior', 'FreeParticles', 'per_sample_time', 'plain_random_states', 'push_loss', 'Generator',
-           'sample_shape', 'Recipe', 'interp_weights', 'loss_values', 'flow_grid', 'ScaledData', 'spread', 'DiscrFlow',
-           'GAN', 'RunConfig', 'DiscriminatorConfig', 'DiscrFlowConfig', 'GANConfig', 'override', 'no_input_features',
-           'discriminator_net', 'generator_net', 'method_inputs', 'equilibrium_speed', 'particle_eta', 'free_particles',
-           'discr_flow', 'resolve_data_scale', 'gan', 'schedule_cbs', 'Method', 'register', 'all_methods', 'get_method',
-           'adam_spike', 'out_of_range', 'evaluate']
+           'BUILTIN_METHOD_MODULES', 'DISCR_FLOW_PRESETS', 'GPM_ADAM', 'GAN_PRESETS', 'DiscriminatorField',
+           'GaussianPrior', 'MomentPrior', 'FreeParticles', 'per_sample_time', 'plain_random_states', 'push_loss',
+           'Generator', 'sample_shape', 'Recipe', 'interp_weights', 'loss_values', 'flow_grid', 'ScaledData', 'spread',
+           'DiscrFlow', 'GAN', 'RunConfig', 'DiscriminatorConfig', 'DiscrFlowConfig', 'GANConfig', 'override',
+           'no_input_features', 'discriminator_net', 'generator_net', 'method_inputs', 'equilibrium_speed',
+           'particle_eta', 'free_particles', 'discr_flow', 'resolve_data_scale', 'gan', 'schedule_cbs', 'Method',
+           'register', 'all_methods', 'get_method', 'adam_spike', 'out_of_range', 'evaluate']
 
 # %% ../nbs/16_gpm.ipynb #d58e02cd
 GP_ON = ('interp', 'real', 'fake')
@@ -745,6 +745,7 @@ DISCR_FLOW_PRESETS = {
     'digits': (RunConfig(steps=6000, lr_decay=0.5, n_eval=5000),
                DiscrFlowConfig(K=28, width=512, gp=0.1, gp_on='interp', eta=20., lr=2e-3, ema=0.999, prior='moments')),
 }
+GPM_ADAM = dict(lr=2e-4, g_lr=2e-4, beta2=0.999)   # GPM's Adam for both networks (GANConfig's defaults), which presets measured with it pin
 GAN_PRESETS = {
     'gpu': (RunConfig(steps=1900), GANConfig()),
     'cpu': (RunConfig(steps=20000, lr_decay=0.5, eval_every=2000, n_eval=5000),
@@ -755,7 +756,7 @@ GAN_PRESETS = {
               GANConfig(width=64, depth=2, g_width=64, g_depth=2, latent=16, gp=0.1, gp_on='interp', ema=0.99)),
 }
 GAN_PRESETS['digits'] = (replace(GAN_PRESETS['cpu'][0], steps=6000),   # images: the cpu preset for 6000 iterations,
-                         replace(GAN_PRESETS['cpu'][1], g_act='leaky_relu', beta2=0.999, lr=2e-4, g_lr=2e-4))   # with the leaky ReLU, beta2 and learning rates it was measured with (30_report)
+                         replace(GAN_PRESETS['cpu'][1], g_act='leaky_relu', **GPM_ADAM))   # with the leaky ReLU, beta2 and learning rates it was measured with (30_report)
 GAN_PRESETS['mnist'] = (RunConfig(steps=10_000, eval_every=1000, n_eval=10_000), GANConfig())   # GPM's MNIST GAN: NS loss, 64-channel nets, latent 128
 GAN_PRESETS['celeba64'] = (RunConfig(steps=100_000, batch_size=64, eval_every=5000, n_eval=10_000),
                            GANConfig(loss='hinge', width=256, g_width=256))                       # GPM's CelebA GAN: hinge loss, 32-channel nets
@@ -773,7 +774,6 @@ def adam_spike(beta1:float, beta2:float, quiet:float=1e-6, steps:int=20_000) -> 
     for _ in range(steps): w.grad = torch.full((1,), quiet); opt.step()
     before = w.detach().clone(); w.grad = torch.ones(1); opt.step()
     return (before - w.detach()).abs().item()
-
 
 # %% ../nbs/16_gpm.ipynb #636a564a
 def out_of_range(x:Tensor, # samples (n, ...)
