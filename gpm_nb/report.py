@@ -5,7 +5,8 @@
 # %% auto #0
 __all__ = ['DF_RECORD_SETTING', 'run_key', 'preset_repr', 'same_run', 'run_cli', 'extra_tag', 'steps_args', 'digits_run',
            'verdict', 'check_runs', 'toy_table', 'toy_scatter', 'run_label', 'digits_table', 'digit_grids',
-           'report_toys', 'clusters', 'clusters_file', 'record_args', 'df_record_run', 'redraw_ratios']
+           'gpm_train_process', 'report_toys', 'clusters', 'clusters_file', 'record_args', 'df_record_run',
+           'redraw_ratios']
 
 # %% ../nbs/30_report.ipynb #b3d811d3
 import json, math, os, re, shutil, subprocess, sys, time
@@ -40,17 +41,17 @@ def run_cli(runs:Path, # folder of the runs (one is reused when its report.json 
             preset:str, # the preset of every run
             method:str, data:str, *extra, # gpm_train's method, data and extra arguments
             tag:str='') -> tuple: # suffix of the run folder's name
-    "Train `method` on `data` through the console script `gpm_train`, or reuse a finished run of the same command and preset; (its metrics and status, the run folder)."
+    "Train `method` on `data` with `gpm_train` in a process of its own (`gpm_train_process`), or reuse a finished run of the same command and preset; (its metrics and status, the run folder)."
     out, key = Path(runs)/(f'{method}-{Path(data).stem}' + (f'-{tag}' if tag else '')), run_key(preset, method, data, *extra)   # a file's name without its folder
     if (out/'report.json').exists():
         r = json.loads((out/'report.json').read_text())
         if same_run(r.get('key') or {}, key): return r, out
     if out.exists(): shutil.rmtree(out)                        # another command, a changed preset, or a run stopped before its report: train again
     t0 = time.perf_counter()
-    r = subprocess.run([str(Path(sys.executable).parent/'gpm_train'), '--method', method, '--data', data, '--preset', preset,
-                        '--out', str(out), '--quiet', *extra], capture_output=True, text=True, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    status, err = gpm_train_process(['--method', method, '--data', data, '--preset', preset, '--out', out, '--quiet', *extra],
+                                    {**os.environ, 'OMP_NUM_THREADS': '1'})
     m = json.loads((out/'metrics.json').read_text()) if (out/'metrics.json').exists() else {}
-    res = dict(method=method, data=data, preset=preset, status=r.returncode, wall_s=round(time.perf_counter() - t0), err=r.stderr[-300:], key=key, **m)
+    res = dict(method=method, data=data, preset=preset, status=status, wall_s=round(time.perf_counter() - t0), err=err[-300:], key=key, **m)
     out.mkdir(parents=True, exist_ok=True); (out/'report.json').write_text(json.dumps(res))
     return res, out
 
@@ -134,6 +135,35 @@ def digit_grids(runs:list): # [(report, run folder), ...] of runs on digits
     for (r, out), ax in zip(runs, axs[0]):
         ax.imshow(plt.imread(out/'samples.png')); ax.set_title(run_label(r)); ax.axis('off')
     plt.show()
+
+# %% ../nbs/30_report.ipynb #8b80b1e9
+def _gpm_train_child(argv:list, env:dict, err:str):
+    "In the forked process: `gpm_train(argv)` under the environment `env` (its thread count too), stderr into the file `err`, stdout dropped."
+    os.environ.clear(); os.environ.update(env)
+    import torch
+    if env.get('OMP_NUM_THREADS'): torch.set_num_threads(int(env['OMP_NUM_THREADS']))
+    with open(err, 'w') as e, open(os.devnull, 'w') as null: os.dup2(null.fileno(), 1); os.dup2(e.fileno(), 2)
+    from gpm_nb.cli import gpm_train
+    gpm_train(argv)
+
+def gpm_train_process(argv:list, # gpm_train's arguments (anything `str` turns into one)
+                      env:dict) -> tuple: # the run's environment variables
+    "(exit status, stderr) of `gpm_train argv` under `env`, run in a process forked from a server that imported `gpm_nb.cli` and torch once; the console script where the platform has no fork server."
+    import multiprocessing as mp, tempfile
+    from gpm_nb.report import _gpm_train_child as child   # by its module's name, which the server imports (a notebook's copy lives in __main__)
+    argv = [str(a) for a in argv]
+    if 'forkserver' not in mp.get_all_start_methods():
+        r = subprocess.run([str(Path(sys.executable).parent/'gpm_train'), *argv], capture_output=True, text=True, env=env)
+        return r.returncode, r.stderr
+    ctx = mp.get_context('forkserver')
+    ctx.set_forkserver_preload(['gpm_nb.cli', 'torch._dynamo'])   # read when the server starts, the first time
+    with tempfile.TemporaryDirectory() as tmp:
+        p = ctx.Process(target=child, args=(argv, env, f'{tmp}/stderr'), name='gpm_train')
+        p.start()
+        try: p.join()
+        except BaseException: p.kill(); p.join(); raise   # an interrupted report stops its run, as subprocess.run does
+        err = Path(tmp)/'stderr'
+        return p.exitcode, err.read_text() if err.exists() else f"the forked process stopped before gpm_train ran (exit {p.exitcode}): see this process's stderr"
 
 # %% ../nbs/30_report.ipynb #82897533
 def report_toys(preset:str) -> list:

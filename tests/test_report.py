@@ -1,10 +1,10 @@
 "gpm_nb.report: a report's runs through the CLI (and their reuse), the verdict against the 2-D bar, and the digits table."
-import json
+import json, os, subprocess
 from pathlib import Path
 from dataclasses import replace
 import pytest
 from gpm_nb.report import (run_cli, run_key, preset_repr, same_run, extra_tag, steps_args, check_runs, verdict, toy_table, toy_scatter, run_label, digits_table, report_toys,
-                           clusters, clusters_file, df_record_run, digits_run, DF_RECORD_SETTING)
+                           clusters, clusters_file, df_record_run, digits_run, DF_RECORD_SETTING, gpm_train_process)
 from gpm_nb.gpm import METHODS
 
 def _run(**kw):
@@ -190,3 +190,19 @@ def test_the_sweep_record_holds_the_jobs_of_its_script():
     cpu = METHODS['discr_flow'].presets['cpu'][1]                       # the setting the sweep chose is the preset's start and grid
     assert sweep.GP02 == ('--prior', 'moments', '--gp', '0.2', '--grid_anneal', '2') and (cpu.prior, cpu.grid_anneal) == ('moments', 2.)
     assert (cpu.x_emb, cpu.gp) == (64, 0.4)                              # with the input features that came later, a stronger penalty (30_report)
+
+def test_a_forked_run_is_the_console_scripts_run(tmp_path, bin_dir):
+    "gpm_train_process forks runs from a server that imported the package once: the run the console script makes, its exit status, its stderr, under the environment it is given."
+    argv = ['--method', 'gan', '--data', 'gaussians5', '--preset', 'quick', '--steps', '20', '--eval_every', '10', '--quiet']
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    status, err = gpm_train_process([*argv, '--out', tmp_path/'forked'], env)
+    script = subprocess.run([str(bin_dir/'gpm_train'), *argv, '--out', str(tmp_path/'script')], capture_output=True, text=True, env=env)
+    assert status == script.returncode == 0, err
+    forked, by_script = (json.loads((tmp_path/run/'metrics.json').read_text()) for run in ('forked', 'script'))
+    for m in (forked, by_script): m.pop('train_seconds')
+    assert forked == by_script and forked['step'] == 20
+    assert err == script.stderr   # the same warning (a 20-step run is far from the data), nothing else
+    status, err = gpm_train_process(['--method', 'gan', '--loss', 'wgan', '--out', tmp_path/'bad'], env)
+    assert status == 2 and "unknown GAN loss 'wgan'" in err and 'Traceback' not in err, err
+    status, err = gpm_train_process(['--data', 'mnist', '--preset', 'quick', '--out', tmp_path/'bad'], {**env, 'GPM_DATA': str(tmp_path/'nowhere')})
+    assert status == 2 and str(tmp_path/'nowhere') in err, err
