@@ -5,13 +5,14 @@
 # %% ../nbs/02_metrics.ipynb #27aaca70
 from __future__ import annotations
 import math
+from typing import Callable
 import torch
 from torch import Tensor
 from .core import check_finite, check_count
 
 # %% auto #0
 __all__ = ['MMD_SCALES', 'check_samples', 'pairwise_sum', 'energy_distance', 'unit_directions', 'w2_sorted', 'sliced_w2',
-           'median_distance', 'mmd', 'metric_floor', 'mode_stats']
+           'median_distance', 'gauss_kernel_sum', 'mmd', 'metric_floor', 'mode_stats']
 
 # %% ../nbs/02_metrics.ipynb #7d6582ca
 def check_samples(x:Tensor, # samples, (n, d) or (n, ...)
@@ -33,7 +34,7 @@ def check_samples(x:Tensor, # samples, (n, d) or (n, ...)
 def pairwise_sum(a:Tensor, # points, (n, d)
                  b:Tensor, # points, (m, d)
                  f=None, # elementwise function of the distances; identity when None
-                 max_elems:int=2**22, # largest block of the distance matrix held at once
+                 max_elems:int=2**18, # largest block of the distance matrix held at once
                 ) -> Tensor:
     "Sum of `f(|a_i - b_j|)` over all pairs (i, j), computed in row blocks; a 0-d tensor."
     mode = 'donot_use_mm_for_euclid_dist' if a.shape[1] <= 16 else 'use_mm_for_euclid_dist'
@@ -100,6 +101,24 @@ def median_distance(y:Tensor, # points, (m, d)
     i, j = torch.triu_indices(len(y), len(y), offset=1, device=y.device)
     return torch.cdist(y, y, compute_mode='donot_use_mm_for_euclid_dist')[i, j].median().item()
 
+# %% ../nbs/02_metrics.ipynb #abd4ac7f
+def gauss_kernel_sum(hs:list) -> Callable: # bandwidths h > 0
+    "`r -> sum over h and the block of exp(-r^2 / 2h^2)`, overwriting the distances `r`: an `exp` for the widest h and where the next is not the previous over sqrt(2^k), else the previous kernel squared k times."
+    hs = sorted(hs, reverse=True)
+    def squarings(h_prev:float, h:float) -> int|None:
+        k = round(math.log2((h_prev / h) ** 2))
+        return k if k >= 1 and math.isclose((h_prev / h) ** 2, 2 ** k, rel_tol=1e-12) else None
+    plan = [None] + [squarings(hp, h) for hp, h in zip(hs, hs[1:])]
+    def k_sum(r:Tensor) -> Tensor:
+        a, total, kern = r.square_(), 0., None
+        for h, k in zip(hs, plan):
+            if k is None: kern = torch.exp(a * (-0.5 / h**2))
+            else:
+                for _ in range(k): kern = kern.square_()
+            total = total + kern.sum()
+        return total
+    return k_sum
+
 # %% ../nbs/02_metrics.ipynb #60690712
 def mmd(x:Tensor, # samples of q, (n, d)
         y:Tensor, # samples of p (the reference), (m, d)
@@ -111,7 +130,7 @@ def mmd(x:Tensor, # samples of q, (n, d)
     if n < 2 or m < 2: raise ValueError(f"the unbiased MMD needs at least 2 samples in x and y, got {n} and {m}")
     hs = [s * median_distance(y) for s in MMD_SCALES] if bandwidths is None else [float(h) for h in bandwidths]
     if not hs or not all(math.isfinite(h) and h > 0 for h in hs): raise ValueError(f"bandwidths must be positive numbers, got {bandwidths!r}")
-    k = lambda r: sum(torch.exp_(r2 * (-0.5 / h**2)).sum() for r2 in [r.square_()] for h in hs)  # block sums
+    k = gauss_kernel_sum(hs)  # block sums
     kxx = (pairwise_sum(x, x, k) - n * len(hs)) / (n * (n - 1))  # minus the diagonal, k(x, x) = len(hs)
     kyy = (pairwise_sum(y, y, k) - m * len(hs)) / (m * (m - 1))
     return (kxx + kyy - 2 * pairwise_sum(x, y, k) / (n * m)).item()
