@@ -24,8 +24,8 @@ from .gpm import (sample_shape, method_inputs, FreeParticles, GaussianPrior, Gen
 # %% auto #0
 __all__ = ['TEACHER_ARCH', 'TEACHER_FIELDS', 'EDM_PRESETS', 'SD_FLOW_PRESETS', 'SCORE_GAN_PRESETS', 'DenoiserField', 'Diffusion',
            'draw_sigmas', 'KernelField', 'ScoreDifferenceField', 'ScoreGenerator', 'DenoiserConfig', 'EDMConfig',
-           'SDFlowConfig', 'ScoreGANConfig', 'denoiser_net', 'denoiser_field', 'resolve_noise', 'edm', 'sd_flow',
-           'score_gan', 'resolve_score_gan']
+           'SDFlowConfig', 'ScoreGANConfig', 'denoiser_net', 'denoiser_field', 'data_noise', 'resolve_noise',
+           'resolve_push', 'edm', 'sd_flow', 'score_gan', 'resolve_score_gan']
 
 # %% ../nbs/17_score_models.ipynb #e30029e4
 class DenoiserField(Field):
@@ -268,15 +268,15 @@ class _GeneratorFields:
     g_lr: float = 2e-4         # Adam learning rate of the generator
     g_beta1: float = 0.5       # its Adam beta1
     g_beta2: float = 0.999     # its Adam beta2
-    push_sigma_min: float = 0.1  # the noise levels of the push, uniform in sigma^(1/push_rho)
+    push_sigma_min: float = 0.1  # the noise levels of the push, uniform in sigma^(1/push_rho); 0: from the data (`resolve_push`)
     push_sigma_max: float = 10.
     push_rho: float = 3.
     eta: float = 1.            # scale of the displacement (1)
     g_ema: float = 0.          # decay of the generator average used to sample (0: none)
     def __post_init__(self):
         _check(self, latent=positive, g_width=positive, g_depth=positive, init_std=init_std_rule, g_lr=pos_real, g_beta1=unit_interval,
-               g_beta2=unit_interval, push_sigma_min=pos_real, push_rho=pos_real, eta=pos_real, g_ema=unit_interval, g_act=ACT_RULE)
-        if not self.push_sigma_min < self.push_sigma_max:
+               g_beta2=unit_interval, push_sigma_min=nonneg, push_rho=pos_real, eta=pos_real, g_ema=unit_interval, g_act=ACT_RULE)
+        if self.push_sigma_min and not self.push_sigma_min < self.push_sigma_max:
             raise ValueError(f"config fields push_sigma_min < push_sigma_max required, got {self.push_sigma_min!r} >= {self.push_sigma_max!r}")
 
 @dataclass(frozen=True)
@@ -305,17 +305,33 @@ def denoiser_net(shape:tuple, cfg:DenoiserConfig,
 
 def denoiser_field(shape:tuple, cfg:DenoiserConfig, name:str='field', lr:float|None=None) -> DenoiserField:
     "A learned score field for samples of `shape` with `cfg`'s network, optimiser (or learning rate `lr`) and loss."
-    if not cfg.sigma_data: raise ValueError("sigma_data must be set: give it, or resolve it from the data with `resolve_noise`")
+    if not cfg.sigma_data: raise ValueError("sigma_data must be set: give it, or resolve it from the data (`resolve_noise`, `resolve_push`)")
     return DenoiserField(Denoiser(denoiser_net(shape, cfg), cfg.sigma_data), lr or cfg.lr, (cfg.beta1, cfg.beta2), cfg.P_mean, cfg.P_std, name)
 
-def resolve_noise(data, cfg):
-    "`cfg` with sigma_data, sigma_min, sigma_max given as 0 derived from 2000 samples of `data` by `edm_defaults` (start error 1e-3): the RMS, >= 0.02 RMS, the start level."
-    if cfg.sigma_data and cfg.sigma_min and cfg.sigma_max: return cfg
+def data_noise(data) -> dict:
+    "`edm_defaults` of 2000 samples of `data` (start error 1e-3) with sigma_min at least 0.02 sigma_data: the scales a preset leaves to the data."
     d = edm_defaults(as_data(data).sample(2000, device='cpu'), kl_tol=1e-3)
-    smin, smax = cfg.sigma_min or max(d['sigma_min'], 0.02 * d['sigma_data']), cfg.sigma_max or d['sigma_max']
+    return {**d, 'sigma_min': max(d['sigma_min'], 0.02 * d['sigma_data'])}
+
+def _r4(v:float) -> float: return float(f"{v:.4g}")   # what config.json records of a derived scale
+
+def resolve_noise(data, cfg):
+    "`cfg` with sigma_data, sigma_min, sigma_max given as 0 from the data (`data_noise`): the RMS, >= 0.02 RMS, the start level."
+    if cfg.sigma_data and cfg.sigma_min and cfg.sigma_max: return cfg
+    d = data_noise(data)
+    smin, smax = cfg.sigma_min or d['sigma_min'], cfg.sigma_max or d['sigma_max']
     if not smin < smax: raise ValueError(f"sigma_min={smin:g} must be below sigma_max={smax:g}: set both, or neither, from the data")
-    r4 = lambda v: float(f"{v:.4g}")
-    return replace(cfg, sigma_data=r4(cfg.sigma_data or d['sigma_data']), sigma_min=r4(smin), sigma_max=r4(smax))
+    return replace(cfg, sigma_data=_r4(cfg.sigma_data or d['sigma_data']), sigma_min=_r4(smin), sigma_max=_r4(smax))
+
+def resolve_push(data, cfg):
+    "`cfg` with push_sigma_min given as 0 set to the data's sigma_min (`data_noise`), and a denoiser's sigma_data given as 0 to their RMS."
+    zero = [k for k in ('push_sigma_min', 'sigma_data') if getattr(cfg, k, None) == 0]
+    if not zero: return cfg
+    d = data_noise(data); new = dict(push_sigma_min=_r4(d['sigma_min']), sigma_data=_r4(d['sigma_data']))
+    if 'push_sigma_min' in zero and not new['push_sigma_min'] < cfg.push_sigma_max:
+        raise ValueError(f"push_sigma_min={new['push_sigma_min']:g} from the data must be below push_sigma_max={cfg.push_sigma_max:g}: "
+                         "raise push_sigma_max, or set push_sigma_min")
+    return replace(cfg, **{k: new[k] for k in zero})
 
 # %% ../nbs/17_score_models.ipynb #02c06164
 def edm(data, # has `sample(n, device)`
@@ -335,16 +351,19 @@ def _generator(shape:tuple, cfg:_GeneratorFields) -> Generator:
     net = generator_net(shape, GANConfig(latent=cfg.latent, g_width=cfg.g_width, g_depth=cfg.g_depth, g_act=cfg.g_act, init_std=cfg.init_std))
     return Generator(net, GaussianPrior((cfg.latent,)), cfg.g_lr, (cfg.g_beta1, cfg.g_beta2))
 
+def _push_set(cfg:_GeneratorFields):
+    if not cfg.push_sigma_min: raise ValueError("push_sigma_min must be set: give it, or resolve it from the data with `resolve_push`")
+
 def sd_flow(data, cfg:SDFlowConfig=SDFlowConfig(), run:RunConfig=RunConfig(), device=None) -> ScoreGenerator:
     "The SD flow with a generator: kernel scores of the data batch and of the generator batch, eq. (1)."
-    data = method_inputs(data, cfg, SDFlowConfig, run); shape = sample_shape(data)
+    data = method_inputs(data, cfg, SDFlowConfig, run); shape = sample_shape(data); _push_set(cfg)
     field = ScoreDifferenceField(KernelField(), KernelField(), cfg.eta)
     return ScoreGenerator(field, _generator(shape, cfg), data, run.batch_size, cfg.push_sigma_min, cfg.push_sigma_max,
                           cfg.push_rho, cfg.g_ema).to(device or default_device())
 
 def score_gan(data, cfg:ScoreGANConfig=ScoreGANConfig(), run:RunConfig=RunConfig(), device=None) -> ScoreGenerator:
     "ScoreGAN: a data denoiser (trained first, or a teacher's) minus an online fake denoiser pushing a generator."
-    data = method_inputs(data, cfg, ScoreGANConfig, run); shape = sample_shape(data)
+    data = method_inputs(data, cfg, ScoreGANConfig, run); shape = sample_shape(data); _push_set(cfg)
     field = ScoreDifferenceField(denoiser_field(shape, cfg, 'data_denoiser'), denoiser_field(shape, cfg, 'fake_denoiser', cfg.fake_lr),
                                  cfg.eta, fit_p=False, n_fit_q=cfg.n_fake)
     model = ScoreGenerator(field, _generator(shape, cfg), data, run.batch_size, cfg.push_sigma_min, cfg.push_sigma_max,
@@ -352,11 +371,11 @@ def score_gan(data, cfg:ScoreGANConfig=ScoreGANConfig(), run:RunConfig=RunConfig
     return model.to(device or default_device())
 
 def resolve_score_gan(data, cfg:ScoreGANConfig) -> ScoreGANConfig:
-    "Check the teacher (an EDM run) now, take its architecture, and skip the data-denoiser training it replaces."
-    if not cfg.teacher: return cfg
-    _, t, _ = _teacher_config(cfg.teacher, sample_shape(as_data(data)))
-    keep = {k: t['cfg'][k] for k in TEACHER_FIELDS if k in t['cfg']}
-    return replace(cfg, teacher_steps=0, **keep)
+    "Check the teacher (an EDM run) now, take its architecture and sigma_data, skip the data-denoiser training it replaces; the rest as `resolve_push`."
+    if cfg.teacher:
+        _, t, _ = _teacher_config(cfg.teacher, sample_shape(as_data(data)))
+        cfg = replace(cfg, teacher_steps=0, **{k: t['cfg'][k] for k in TEACHER_FIELDS if k in t['cfg']})
+    return resolve_push(data, cfg)
 
 # %% ../nbs/17_score_models.ipynb #b2386590
 EDM_PRESETS = {
@@ -394,6 +413,6 @@ SCORE_GAN_PRESETS['digits'] = (RunConfig(steps=6000, batch_size=128, lr_decay=0.
                                        g_act='leaky_relu'))                                                                   # and the leaky ReLU it was measured with
 register(Method('edm', 'learned denoiser D(x, sigma) (scores)', 'free particles', Diffusion, EDMConfig, EDM_PRESETS, edm, resolve_noise,
                 image_preset='digits'))
-register(Method('sd_flow', 'kernel score difference', 'generator', ScoreGenerator, SDFlowConfig, SD_FLOW_PRESETS, sd_flow))
+register(Method('sd_flow', 'kernel score difference', 'generator', ScoreGenerator, SDFlowConfig, SD_FLOW_PRESETS, sd_flow, resolve_push))
 register(Method('score_gan', 'data minus fake denoiser (score difference)', 'generator', ScoreGenerator, ScoreGANConfig,
                 SCORE_GAN_PRESETS, score_gan, resolve_score_gan, image_preset='digits'))

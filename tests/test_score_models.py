@@ -10,7 +10,7 @@ from gpm_nb.gpm import METHODS, RunConfig
 from gpm_nb.train import Trainer, save_checkpoint, load_checkpoint, read_checkpoint
 from gpm_nb.score_models import (DenoiserField, KernelField, ScoreDifferenceField, ScoreGenerator, Diffusion, EDMConfig,
                                  SDFlowConfig, ScoreGANConfig, draw_sigmas, edm, sd_flow, score_gan, resolve_noise,
-                                 resolve_score_gan, EDM_PRESETS, SCORE_GAN_PRESETS)
+                                 resolve_push, resolve_score_gan, EDM_PRESETS, SCORE_GAN_PRESETS)
 from gpm_nb.cli import train, sample_run, read_log, gpm_train, gpm_sample, load_run, make_run
 from helpers import cli
 
@@ -56,7 +56,7 @@ def test_draw_sigmas_range_and_bad_input():
 
 def test_score_gan_teacher_phase_then_fake_starts_as_a_copy():
     seed_everything(0); p = gaussians5()
-    cfg = replace(SCORE_GAN_PRESETS['quick'][1], teacher_steps=5)
+    cfg = resolve_score_gan(p, replace(SCORE_GAN_PRESETS['quick'][1], teacher_steps=5))
     m = score_gan(p, cfg, RunConfig(batch_size=32), device='cpu')
     assert set(m.optimizers()) == {'data_denoiser', 'fake_denoiser', 'generator'}
     g0 = {k: v.clone() for k, v in m.generator.state_dict().items()}
@@ -103,6 +103,25 @@ def test_edm_noise_range_resolved_from_the_data():
     for bad in (dict(sigma_min=2., sigma_max=1.), dict(sigma_min=-1.), dict(sampler='rk4'), dict(sample_steps=0)):
         with pytest.raises(ValueError): EDMConfig(**bad)
 
+def test_push_floor_resolved_from_the_data(tmp_path):
+    p = gaussians5(); rms = p.sample(20_000, 'cpu').pow(2).mean().sqrt().item()
+    c = resolve_push(p, ScoreGANConfig(sigma_data=0., push_sigma_min=0.))
+    assert c.push_sigma_min == pytest.approx(0.02 * rms, rel=0.05) and c.sigma_data == pytest.approx(rms, rel=0.05)
+    assert resolve_push(p, SDFlowConfig()) == SDFlowConfig() and resolve_push(p, ScoreGANConfig()) == ScoreGANConfig()
+    big = type('Scaled', (), {'sample': lambda self, n, device=None: 100 * p.sample(n, device)})()
+    assert resolve_push(big, SDFlowConfig(push_sigma_min=0.)).push_sigma_min == pytest.approx(100 * c.push_sigma_min, rel=0.05)
+    with pytest.raises(ValueError, match='raise push_sigma_max'): resolve_push(big, SDFlowConfig(push_sigma_min=0., push_sigma_max=1.))
+    for build, cfg in ((sd_flow, SDFlowConfig(push_sigma_min=0.)), (score_gan, ScoreGANConfig(push_sigma_min=0.))):
+        with pytest.raises(ValueError, match='resolve_push'): build(p, cfg)
+    with pytest.raises(ValueError, match='sigma_data must be set'): score_gan(p, ScoreGANConfig(sigma_data=0.))
+    # through the CLI, on a user's array: standardised, so the floor is 0.02 whatever the array's scale
+    f = tmp_path/'x.npy'; np.save(f, 50 * p.sample(3000, 'cpu').numpy())
+    for method, zeros in (('sd_flow', dict(push_sigma_min=0.)), ('score_gan', dict(push_sigma_min=0., sigma_data=0.))):
+        train(method, str(f), 'quick', out=tmp_path/method, quiet=True, steps=2, **zeros)
+        cfg = json.loads((tmp_path/method/'config.json').read_text())['cfg']
+        assert cfg['push_sigma_min'] == pytest.approx(0.02, rel=0.02), cfg
+        if method == 'score_gan': assert cfg['sigma_data'] == pytest.approx(1., rel=0.02), cfg
+
 def test_diffusion_samples_with_every_sampler():
     seed_everything(0); p = gaussians5()
     run, cfg = EDM_PRESETS['quick']
@@ -145,7 +164,7 @@ def test_gpm_sample_sampler_choice(tmp_path, capsys):
     (['--method', 'edm', '--sigma_min', '2', '--sigma_max', '1'], ['sigma_min < sigma_max']),
     (['--method', 'edm', '--sigma_data', '-1'], ['sigma_data must be >= 0']),
     (['--method', 'edm', '--sampler', 'rk4'], ["unknown sampler 'rk4'", 'dpmpp_2m']),
-    (['--method', 'sd_flow', '--push_sigma_min', '-1'], ['push_sigma_min must be > 0']),
+    (['--method', 'sd_flow', '--push_sigma_min', '-1'], ['push_sigma_min must be >= 0']),
     (['--method', 'score_gan', '--n_fake', '0'], ['n_fake must be >= 1']),
     (['--method', 'score_gan', '--init_std', '-0.1'], ["init_std must be >= 0 (0: PyTorch's default init)"]),
     (['--method', 'edm', '--x_emb', '-2'], ['x_emb must be even and >= 0']),
@@ -225,7 +244,7 @@ def test_score_gan_from_a_saved_edm_run(tmp_path, capsys):
     code, msg = cli(capsys, gpm_train, '--method', 'score_gan', '--preset', 'quick', '--teacher', tmp_path/'edm',
                     '--data', 'digits', '--out', tmp_path/'y')
     assert code == 2 and 'shape' in msg, msg
-    other = score_gan(gaussians5(), replace(SCORE_GAN_PRESETS['quick'][1], width=48), RunConfig(batch_size=16))
+    other = score_gan(gaussians5(), resolve_score_gan(gaussians5(), replace(SCORE_GAN_PRESETS['quick'][1], width=48)), RunConfig(batch_size=16))
     with pytest.raises(ValueError, match=r"another denoiser: pass its width, depth, t_emb, x_emb, x_freq \(its config.json: width=32, "):
         other.load_teacher(tmp_path/'edm')                                          # built by hand without the teacher's architecture
 
