@@ -309,7 +309,7 @@ def denoiser_field(shape:tuple, cfg:DenoiserConfig, name:str='field', lr:float|N
     return DenoiserField(Denoiser(denoiser_net(shape, cfg), cfg.sigma_data), lr or cfg.lr, (cfg.beta1, cfg.beta2), cfg.P_mean, cfg.P_std, name)
 
 def data_noise(data) -> dict:
-    "`edm_defaults` of 2000 samples of `data` (start error 1e-3) with sigma_min at least 0.02 sigma_data: the scales a preset leaves to the data."
+    "`edm_defaults` of 2000 samples of `data` (start error 1e-3) with sigma_min at least 0.02 sigma_data: the scales a config leaves to the data."
     d = edm_defaults(as_data(data).sample(2000, device='cpu'), kl_tol=1e-3)
     return {**d, 'sigma_min': max(d['sigma_min'], 0.02 * d['sigma_data'])}
 
@@ -351,19 +351,19 @@ def _generator(shape:tuple, cfg:_GeneratorFields) -> Generator:
     net = generator_net(shape, GANConfig(latent=cfg.latent, g_width=cfg.g_width, g_depth=cfg.g_depth, g_act=cfg.g_act, init_std=cfg.init_std))
     return Generator(net, GaussianPrior((cfg.latent,)), cfg.g_lr, (cfg.g_beta1, cfg.g_beta2))
 
-def _push_set(cfg:_GeneratorFields):
+def _require_push_floor(cfg:_GeneratorFields):
     if not cfg.push_sigma_min: raise ValueError("push_sigma_min must be set: give it, or resolve it from the data with `resolve_push`")
 
 def sd_flow(data, cfg:SDFlowConfig=SDFlowConfig(), run:RunConfig=RunConfig(), device=None) -> ScoreGenerator:
     "The SD flow with a generator: kernel scores of the data batch and of the generator batch, eq. (1)."
-    data = method_inputs(data, cfg, SDFlowConfig, run); shape = sample_shape(data); _push_set(cfg)
+    data = method_inputs(data, cfg, SDFlowConfig, run); shape = sample_shape(data); _require_push_floor(cfg)
     field = ScoreDifferenceField(KernelField(), KernelField(), cfg.eta)
     return ScoreGenerator(field, _generator(shape, cfg), data, run.batch_size, cfg.push_sigma_min, cfg.push_sigma_max,
                           cfg.push_rho, cfg.g_ema).to(device or default_device())
 
 def score_gan(data, cfg:ScoreGANConfig=ScoreGANConfig(), run:RunConfig=RunConfig(), device=None) -> ScoreGenerator:
     "ScoreGAN: a data denoiser (trained first, or a teacher's) minus an online fake denoiser pushing a generator."
-    data = method_inputs(data, cfg, ScoreGANConfig, run); shape = sample_shape(data); _push_set(cfg)
+    data = method_inputs(data, cfg, ScoreGANConfig, run); shape = sample_shape(data); _require_push_floor(cfg)
     field = ScoreDifferenceField(denoiser_field(shape, cfg, 'data_denoiser'), denoiser_field(shape, cfg, 'fake_denoiser', cfg.fake_lr),
                                  cfg.eta, fit_p=False, n_fit_q=cfg.n_fake)
     model = ScoreGenerator(field, _generator(shape, cfg), data, run.batch_size, cfg.push_sigma_min, cfg.push_sigma_max,

@@ -56,7 +56,7 @@ def test_draw_sigmas_range_and_bad_input():
 
 def test_score_gan_teacher_phase_then_fake_starts_as_a_copy():
     seed_everything(0); p = gaussians5()
-    cfg = resolve_score_gan(p, replace(SCORE_GAN_PRESETS['quick'][1], teacher_steps=5))
+    cfg = replace(SCORE_GAN_PRESETS['quick'][1], teacher_steps=5)
     m = score_gan(p, cfg, RunConfig(batch_size=32), device='cpu')
     assert set(m.optimizers()) == {'data_denoiser', 'fake_denoiser', 'generator'}
     g0 = {k: v.clone() for k, v in m.generator.state_dict().items()}
@@ -244,7 +244,7 @@ def test_score_gan_from_a_saved_edm_run(tmp_path, capsys):
     code, msg = cli(capsys, gpm_train, '--method', 'score_gan', '--preset', 'quick', '--teacher', tmp_path/'edm',
                     '--data', 'digits', '--out', tmp_path/'y')
     assert code == 2 and 'shape' in msg, msg
-    other = score_gan(gaussians5(), resolve_score_gan(gaussians5(), replace(SCORE_GAN_PRESETS['quick'][1], width=48)), RunConfig(batch_size=16))
+    other = score_gan(gaussians5(), replace(SCORE_GAN_PRESETS['quick'][1], width=48), RunConfig(batch_size=16))
     with pytest.raises(ValueError, match=r"another denoiser: pass its width, depth, t_emb, x_emb, x_freq \(its config.json: width=32, "):
         other.load_teacher(tmp_path/'edm')                                          # built by hand without the teacher's architecture
 
