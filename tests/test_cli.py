@@ -587,6 +587,16 @@ def test_bench_reports_figures(method):
     assert b['train_it_per_s'] > 0 and b['peak_mem_mb'] > 0 and b['n_samples'] == 500 and b['threads'] >= 1
     assert b['sample_seconds'] >= 0 and (METHODS[method].pusher == 'generator' or b['sample_seconds'] > 0)   # a generator may take < 0.5 ms (rounds to 0)
 
+def test_bench_times_score_gan_after_its_teacher_steps(monkeypatch):
+    "ScoreGAN's first teacher_steps fit only the data denoiser: timed apart, then skipped, so train_it_per_s times generator pushes."
+    from gpm_nb.score_models import ScoreGenerator
+    pushes, push = [], ScoreGenerator.push
+    monkeypatch.setattr(ScoreGenerator, 'push', lambda self, n: pushes.append(int(self.it)) or push(self, n))
+    b = bench('score_gan', preset='quick', iters=3, n_samples=100, device='cpu')   # the quick preset: 100 teacher steps
+    assert b['teacher_it_per_s'] > 0 and b['train_it_per_s'] > 0
+    assert pushes == [101, 102, 103], pushes   # the last teacher step (100) pushes nothing; then the 3 timed iterations
+    assert 'teacher_it_per_s' not in bench('gan', preset='quick', iters=1, n_samples=10, device='cpu')
+
 def test_gpm_bench_cli(capsys, monkeypatch):
     monkeypatch.setattr(os, 'getloadavg', lambda: (0., 0., 0.))   # an idle machine: stdout + stderr is the JSON alone
     code, out = cli(capsys, gpm_bench, '--method', 'gan', '--preset', 'quick', '--iters', 1, '--n_samples', 10)
