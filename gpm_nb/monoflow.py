@@ -15,7 +15,7 @@ from torch.distributions import MultivariateNormal
 
 # %% auto #0
 __all__ = ['GAN_LOSSES', 'F_LOSSES', 'TOY_RATIOS', 'TOY_SIGMA', 'LOGISTIC', 'TOY_OUTCOMES', 'GANLoss', 'gan_loss',
-           'optimal_logit', 'toy_discriminator', 'monoflow_toy', 'toy_converged']
+           'optimal_logit', 'toy_discriminator', 'monoflow_toys', 'monoflow_toy', 'toy_converged']
 
 # %% ../nbs/13_monoflow.ipynb #2fc87050
 @dataclass(frozen=True)
@@ -90,37 +90,71 @@ def toy_discriminator() -> nn.Module:
     return nn.Sequential(nn.Linear(2, 512), nn.LeakyReLU(.2), nn.Linear(512, 256), nn.LeakyReLU(.2), nn.Linear(256, 1))
 
 # %% ../nbs/13_monoflow.ipynb #8967f989
+def _toy_loss(loss) -> tuple[Callable, str]:
+    "(l(u), name) of a toy loss: a name of `F_LOSSES` or `GAN_LOSSES`, or a callable l(u) (named 'custom')."
+    if callable(loss): return loss, 'custom'
+    if loss in F_LOSSES: return F_LOSSES[loss], loss
+    if loss in GAN_LOSSES: return GAN_LOSSES[loss].gen, loss
+    raise ValueError(f"unknown toy loss {loss!r}: choose one of {', '.join([*F_LOSSES, *GAN_LOSSES])}")
+
+def _toy_mlp(layers:list, x:Tensor) -> Tensor:
+    "The toy discriminators of several runs side by side: `layers` of stacked (W (B, i, o), b (B, 1, o)), x (B, n, 2) -> logits (B, n)."
+    for k, (W, b) in enumerate(layers):
+        x = torch.baddbmm(b, x, W)
+        if k < len(layers) - 1: x = F.leaky_relu(x, .2)
+    return x[..., 0]
+
+def _toy_disc_params(seed:int) -> list:
+    "Weights (i, o) and biases (1, o) of a `toy_discriminator` made after seeding PyTorch with `seed`, as leaf tensors."
+    torch.manual_seed(seed)
+    return [t.detach().clone(memory_format=torch.contiguous_format).requires_grad_(True)
+            for l in toy_discriminator() if isinstance(l, nn.Linear) for t in (l.weight.T, l.bias[None])]
+
+def monoflow_toys(losses:list, # names of `F_LOSSES` or `GAN_LOSSES`, or per-sample losses l(u) of u = log r
+                  ratio:str='detached', # how r is computed: one of `TOY_RATIOS`
+                  steps:int|None=None, lr:float|None=None, lr_d:float|None=None, # default: each loss's official settings
+                  seed:int=101) -> list[tuple[Tensor, Tensor]]:
+    """Fit the toy's model x = mu + L z (mu = (1, 1), L = I at first) to its target with each loss; the final means and
+    covariances L L^T. The runs go side by side (batched matrix products): each is the run of its loss alone, on the same draws."""
+    if ratio not in TOY_RATIOS: raise ValueError(f"unknown ratio {ratio!r}: choose one of {', '.join(TOY_RATIOS)}")
+    ells, names = zip(*map(_toy_loss, losses))
+    sets = [_toy_settings(name, ratio) for name in names]
+    todo = [steps or s for s, _, _ in sets]
+    g = torch.Generator().manual_seed(seed)
+    Lp = torch.linalg.cholesky(torch.tensor(TOY_SIGMA))
+    p = MultivariateNormal(torch.zeros(2), scale_tril=Lp, validate_args=False)   # (checking arguments each step: 3/4 of the time)
+    model = [[torch.ones(2, requires_grad=True), torch.eye(2, requires_grad=True)] for _ in ells]
+    opt, n = torch.optim.Adam([dict(params=m, lr=lr or s) for m, (_, s, _) in zip(model, sets)]), 32 if ratio == 'gan' else 1000
+    if ratio == 'gan':
+        disc = [_toy_disc_params(seed) for _ in ells]   # each run's discriminator as the run alone makes it
+        opt_d = torch.optim.Adam([dict(params=d, lr=lr_d or s) for d, (_, _, s) in zip(disc, sets)])
+    out = [None] * len(ells)
+    for k in range(max(todo)):
+        on = [b for b in range(len(ells)) if out[b] is None]   # the runs still going
+        mu, L = (torch.stack([model[b][i] for b in on]) for i in (0, 1))
+        if ratio == 'gan':   # one logistic step: data labelled 1, model samples 0
+            layers = lambda f: [tuple(f(torch.stack([disc[b][i + j] for b in on])) for j in (0, 1)) for i in (0, 2, 4)]
+            xr, xf = torch.randn(n, 2, generator=g) @ Lp.T, (mu[:, None] + torch.randn(n, 2, generator=g) @ L.mT).detach()
+            d = _toy_mlp(layers(lambda t: t), torch.cat([xr.expand(len(on), n, 2), xf], 1))
+            l_d = (LOGISTIC.d_real(d[:, :n]).mean(1) + LOGISTIC.d_fake(d[:, n:]).mean(1)).sum()
+            opt_d.zero_grad(set_to_none=True); l_d.backward(); opt_d.step()
+        x = mu[:, None] + torch.randn(n, 2, generator=g) @ L.mT
+        if ratio == 'gan': u = _toy_mlp(layers(Tensor.detach), x)   # no gradient for the discriminators' weights here
+        else:
+            m, S = (mu, L) if ratio == 'attached' else (mu.detach(), L.detach())
+            u = (p.log_prob(x) - MultivariateNormal(m, S @ S.mT, validate_args=False).log_prob(x.transpose(0, 1)).T)
+        opt.zero_grad(set_to_none=True); sum(ells[b](u[i]).mean() for i, b in enumerate(on)).backward(); opt.step()
+        for b in on:
+            m, l = model[b]
+            if k + 1 == todo[b] or not (m.isfinite().all() and l.isfinite().all()): out[b] = (m.detach().clone(), (l @ l.T).detach())
+    return out
+
 def monoflow_toy(loss:str|Callable, # a name of `F_LOSSES` or `GAN_LOSSES`, or a per-sample loss l(u) of u = log r
                  ratio:str='detached', # how r is computed: one of `TOY_RATIOS`
                  steps:int|None=None, lr:float|None=None, lr_d:float|None=None, # default: the official settings
                  seed:int=101) -> tuple[Tensor, Tensor]:
     "Fit the toy's model x = mu + L z (mu = (1, 1), L = I at first) to its target with `loss`; the final mean and covariance L L^T."
-    if ratio not in TOY_RATIOS: raise ValueError(f"unknown ratio {ratio!r}: choose one of {', '.join(TOY_RATIOS)}")
-    if callable(loss): ell, name = loss, 'custom'
-    elif loss in F_LOSSES: ell, name = F_LOSSES[loss], loss
-    elif loss in GAN_LOSSES: ell, name = GAN_LOSSES[loss].gen, loss
-    else: raise ValueError(f"unknown toy loss {loss!r}: choose one of {', '.join([*F_LOSSES, *GAN_LOSSES])}")
-    s_steps, s_lr, s_lr_d = _toy_settings(name, ratio)
-    steps, lr, lr_d = steps or s_steps, lr or s_lr, lr_d or s_lr_d
-    g = torch.Generator().manual_seed(seed); torch.manual_seed(seed)
-    Lp = torch.linalg.cholesky(torch.tensor(TOY_SIGMA))
-    p = MultivariateNormal(torch.zeros(2), scale_tril=Lp, validate_args=False)   # (checking arguments each step: 3/4 of the time)
-    mu, L = torch.ones(2, requires_grad=True), torch.eye(2, requires_grad=True)
-    opt, n = torch.optim.Adam([mu, L], lr), 32 if ratio == 'gan' else 1000
-    if ratio == 'gan': D = toy_discriminator(); opt_d = torch.optim.Adam(D.parameters(), lr_d)
-    for _ in range(steps):
-        if ratio == 'gan':   # one logistic step: data labelled 1, model samples 0
-            xr, xf = torch.randn(n, 2, generator=g) @ Lp.T, (mu + torch.randn(n, 2, generator=g) @ L.T).detach()
-            l_d = LOGISTIC.d_real(D(xr)).mean() + LOGISTIC.d_fake(D(xf)).mean()
-            opt_d.zero_grad(); l_d.backward(); opt_d.step()
-        x = mu + torch.randn(n, 2, generator=g) @ L.T
-        if ratio == 'gan': D.requires_grad_(False); u = D(x)[:, 0]; D.requires_grad_(True)   # no gradient for D's weights here
-        else:
-            m, S = (mu, L) if ratio == 'attached' else (mu.detach(), L.detach())
-            u = p.log_prob(x) - MultivariateNormal(m, S @ S.T, validate_args=False).log_prob(x)
-        opt.zero_grad(); ell(u).mean().backward(); opt.step()
-        if not (mu.isfinite().all() and L.isfinite().all()): break
-    return mu.detach(), (L @ L.T).detach()
+    return monoflow_toys([loss], ratio, steps, lr, lr_d, seed)[0]
 
 # %% ../nbs/13_monoflow.ipynb #fc41316c
 def toy_converged(mu:Tensor, cov:Tensor, tol:float=0.2) -> bool:

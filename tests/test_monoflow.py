@@ -2,7 +2,7 @@
 import json
 import pytest
 import torch
-from gpm_nb.monoflow import (GAN_LOSSES, F_LOSSES, TOY_RATIOS, TOY_OUTCOMES, gan_loss, optimal_logit, monoflow_toy,
+from gpm_nb.monoflow import (GAN_LOSSES, F_LOSSES, TOY_RATIOS, TOY_OUTCOMES, gan_loss, optimal_logit, monoflow_toy, monoflow_toys,
                              toy_converged)
 from gpm_nb.gpm import DiscriminatorField, DiscrFlowConfig, GANConfig, override, all_methods
 from gpm_nb.nets import MLP
@@ -46,6 +46,7 @@ def test_bad_loss_names_and_shifts():
     with pytest.raises(ValueError, match='gp must be >= 0'): GANConfig(gp=-0.1)
     with pytest.raises(ValueError, match='unknown ratio'): monoflow_toy('reverse_kl', 'exact')
     with pytest.raises(ValueError, match='unknown toy loss'): monoflow_toy('kl', 'detached')
+    with pytest.raises(ValueError, match="unknown toy loss 'kl'"): monoflow_toys(['js', 'kl'], 'gan')
     assert override((GANConfig(),), loss='saturating', shift='5')[0].shift == 5.
 
 @pytest.mark.parametrize('name', list(GAN_LOSSES))
@@ -65,7 +66,7 @@ def test_the_toy_table_matches_monoflow():
     iterations. The exact-ratio columns (attached, detached) are asserted in full by 13_monoflow itself, which the notebook
     test runs (its quick preset shortens only this column)."""
     assert TOY_RATIOS[2] == 'gan'
-    got = {loss: toy_converged(*monoflow_toy(loss, 'gan')) for loss in F_LOSSES}
+    got = {loss: toy_converged(*r) for loss, r in zip(F_LOSSES, monoflow_toys(F_LOSSES, 'gan'))}   # side by side: each the run alone (13_monoflow)
     assert got == {loss: outcome[2] for loss, outcome in TOY_OUTCOMES.items()}
 
 def test_toy_failures_have_the_papers_shape():
