@@ -135,8 +135,10 @@ class DivergenceCB(Callback):
     "After each evaluation, raise `DivergedError` if the samples left the data's range or got far worse."
     order = 15   # after evaluation (5) and the log (10), before the checkpoint (20)
     def __init__(self, floor:float, max_out:float=0.05, max_floor:float=50., max_best:float=10.,
-                 kept:BestCheckpointCB|None=None): # the run's best checkpoint: its evaluation (restored by --resume) counts as a best too
+                 kept:BestCheckpointCB|None=None, # the run's best checkpoint: its evaluation (restored by --resume) counts as a best too
+                 remedy:str=''): # what to change, in the method's own flags (`Method.remedy`); default: lower the learning rate
         self.floor, self.max_out, self.max_floor, self.max_best, self.best, self.kept = floor, max_out, max_floor, max_best, math.inf, kept
+        self.remedy = remedy or 'lower the learning rate'
     def reason(self, m:dict) -> str|None:
         "Why the metrics `m` of one evaluation show a diverged run, or None."
         if m.get('out_of_range', 0) > self.max_out:
@@ -150,9 +152,7 @@ class DivergenceCB(Callback):
         why = self.reason(tr.metrics)
         if why is None: return
         raise DivergedError(f"training diverged at step {tr.step}: {why}; training stopped and {tr.kept()}. "
-                            "Lower the learning rate or, for Discriminator Flow, the step scale (--eta); add a gradient penalty or change its weight "
-                            "(--gp; the IPM loss trains with a weight near 0.1); "
-                            "or train fewer steps.")
+                            f"To try: {self.remedy}; or train fewer steps.")
     after_fit = after_step   # the final evaluation too, before the final checkpoint
 
 # %% ../nbs/20_cli.ipynb #28598405
@@ -171,16 +171,13 @@ def degradation(last:dict, # metrics of the last evaluation
 
 # %% ../nbs/20_cli.ipynb #23d6d800
 def far_from_data(m:dict, # final metrics: `energy` and its real-vs-real `energy_floor`
-                  max_floor:float=20.) -> str|None: # warn above max_floor x floor
-    "Why samples with the metrics `m` do not fit the data (energy distance above `max_floor` times its floor), or None."
+                  max_floor:float=20., # warn above max_floor x floor
+                  remedy:str='') -> str|None: # what to change, in the method's own flags (`Method.remedy`); default: lower the learning rate
+    "Why samples with the metrics `m` do not fit the data (energy distance above `max_floor` times its floor), and what to try; or None."
     e, f = m.get('energy'), m.get('energy_floor', 0.)
     if e is None or not f > 0 or e <= max_floor * f: return None
     return (f"the samples do not fit the data: their energy distance, {e:.3g}, is {e / f:.0f}x the real-vs-real floor ({f:.2g}), "
-            "where runs that fit end within about 10x. See samples.png; train longer (--steps), lower the learning rate (--lr), "
-            "or, for Discriminator Flow, strengthen the gradient penalty (--gp 1), which fits tight clusters closer (34_report_arrays); "
-            "its cpu preset starts the particles from the data's moments and anneals the flow's last steps, which fit unequal masses "
-            "and keep tight clusters in place: a run from another setting can take them with --prior moments --gp 0.2 --grid_anneal 2 "
-            "(38_report_weights, 39_report_ring)")
+            f"where runs that fit end within about 10x. See samples.png. To try: train longer (--steps); {remedy or 'lower the learning rate'}")
 
 # %% ../nbs/20_cli.ipynb #b2370f74
 def run_config(run:str|Path) -> dict:
@@ -227,7 +224,7 @@ def _finish(out:Path, model, config:dict, data, step:int, secs:float, n:int, fai
         metrics.update(digits_metrics(x.detach().float().clamp(-1, 1).cpu()))
     if best: metrics['best_eval'] = {k: best[k] for k in ('step', 'energy')}
     if failure: metrics['diverged'] = failure
-    else: warning = '; '.join(w for w in (warning, far_from_data(metrics)) if w) or None
+    else: warning = '; '.join(w for w in (warning, far_from_data(metrics, remedy=get_method(config['method']).remedy)) if w) or None
     if warning:
         metrics['warning'] = warning; print(f"warning: {warning}", file=sys.stderr, flush=True)
         with open(out/'train_log.jsonl', 'a') as f: f.write(json.dumps(dict(step=step, warning=warning)) + '\n')
@@ -270,7 +267,7 @@ def train(method:str|None=None, # a registered method; None: discr_flow, or on `
         return {k: v for k, v in evaluate(draw(m, config, run.n_eval), r['data'], floors=False).items() if isinstance(v, (int, float))}
     with fork_rng(run.seed + 1): floor = metric_floor(energy_distance, lambda n: r['data'].sample(n, 'cpu').flatten(1), run.n_eval)
     best = BestCheckpointCB(out/'best.pt', 'energy', config=config)
-    cbs = [EvalCB(score, run.eval_every, seed=run.seed + 1), DivergenceCB(floor, kept=best), *schedule_cbs(run),
+    cbs = [EvalCB(score, run.eval_every, seed=run.seed + 1), DivergenceCB(floor, kept=best, remedy=get_method(method).remedy), *schedule_cbs(run),
            CheckpointCB(ckpt, every=run.eval_every, config=config), best]   # every process evaluates the same weights alike and stops alike
     if rank == 0: cbs.append(LogCB(out/'train_log.jsonl', every=10))
     if rank == 0 and not quiet: cbs.append(ProgressCB(max(run.steps // 20, 1)))

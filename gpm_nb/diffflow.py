@@ -290,7 +290,9 @@ DIFFFLOW_PRESETS = {
 DIFFFLOW_PRESETS['digits'] = (RunConfig(steps=6000, batch_size=128, lr_decay=0.5, eval_every=3000, n_eval=5000),   # images: a U-Net of 32 channels
                               replace(DIFFFLOW_PRESETS['cpu'][1], lr=5e-4, sigma_max=10., x_emb=0))   # the cpu preset's sampler and nets; noise from 10
 register(Method('diffflow', 'DiffFlow SDE: denoiser score + discriminator ratio, by the split', 'free particles', DiffFlowParticles,
-                DiffFlowConfig, DIFFFLOW_PRESETS, diffflow, resolve_diffflow, image_preset='digits'))
+                DiffFlowConfig, DIFFFLOW_PRESETS, diffflow, resolve_diffflow, image_preset='digits',
+                remedy="lower the learning rates (--lr for the discriminator, --s_lr for the denoiser) or the step scale (--eta); "
+                       "change the gradient penalty's weight (--gp)"))
 
 # %% ../nbs/18_diffflow.ipynb #d2147856
 class DiffFlowGenerator(Recipe):

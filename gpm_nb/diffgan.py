@@ -294,4 +294,6 @@ DIFFUSION_GAN_PRESETS = {
                 DiffusionGANConfig(**asdict(GAN_PRESETS['cifar10'][1]), sigma_n=0.05)),
 }
 register(Method('diffusion_gan', 'diffused discriminator D(y, level) with adaptive T', 'generator', GAN, DiffusionGANConfig,
-                DIFFUSION_GAN_PRESETS, diffusion_gan, resolve_sigma_n, image_preset='digits'))
+                DIFFUSION_GAN_PRESETS, diffusion_gan, resolve_sigma_n, image_preset='digits',
+                remedy="lower the learning rates (--lr for the discriminator, --g_lr for the generator) or change the gradient "
+                       "penalty's weight (--gp); a lower target of the discriminator's sign (--d_target) diffuses its inputs more"))

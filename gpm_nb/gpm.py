@@ -702,6 +702,7 @@ class Method:
     build: Callable  # build(data, cfg, run, device) -> recipe
     resolve: Callable|None = None  # resolve(data, cfg) -> cfg with what the data decide filled in, when a run starts
     image_preset: str|None = None  # the preset a run on images takes when none is named (None: cpu, as for vectors)
+    remedy: str = ''               # what to change when a run diverges or misses its data: the method's own flags, where they were measured
     def default_preset(self, shape:tuple) -> str:
         "The preset a run on samples of `shape` takes when none is named: `image_preset` for images (c, h, w), else cpu."
         return self.image_preset if self.image_preset and len(shape) == 3 else 'cpu'
@@ -764,8 +765,14 @@ GAN_PRESETS['cifar10'] = (RunConfig(steps=781_250, batch_size=64, eval_every=10_
                           GANConfig(lr=2.5e-3, g_lr=2.5e-3, beta1=0., beta2=0.99, gp=0.005, gp_on='real', ema=0.99991, latent=512,
                                     width=512, g_width=512))
 register(Method('discr_flow', 'time-conditioned discriminator D(x, t)', 'free particles', DiscrFlow, DiscrFlowConfig,
-                DISCR_FLOW_PRESETS, discr_flow, resolve_data_scale, image_preset='digits'))
-register(Method('gan', 'discriminator D(x)', 'generator', GAN, GANConfig, GAN_PRESETS, gan, image_preset='digits'))
+                DISCR_FLOW_PRESETS, discr_flow, resolve_data_scale, image_preset='digits',
+                remedy="lower the learning rate (--lr) or the step scale (--eta); strengthen the gradient penalty (--gp 1 fits tight "
+                       "clusters closer, 34_report_arrays; the IPM loss trains with a weight near 0.1); from another setting than the "
+                       "cpu preset, --prior moments --gp 0.2 --grid_anneal 2 fit unequal masses and keep tight clusters in place "
+                       "(38_report_weights, 39_report_ring)"))
+register(Method('gan', 'discriminator D(x)', 'generator', GAN, GANConfig, GAN_PRESETS, gan, image_preset='digits',
+                remedy="lower the learning rates (--lr for the discriminator, --g_lr for the generator) or change the gradient "
+                       "penalty's weight (--gp)"))
 
 # %% ../nbs/16_gpm.ipynb #b1e46309
 def adam_spike(beta1:float, beta2:float, quiet:float=1e-6, steps:int=20_000) -> float:

@@ -412,7 +412,15 @@ SCORE_GAN_PRESETS['digits'] = (RunConfig(steps=6000, batch_size=128, lr_decay=0.
                                replace(SCORE_GAN_PRESETS['cpu'][1], lr=5e-4, teacher_steps=6000, push_sigma_min=0.03,   # the cpu preset's, its own teacher as EDM's digits preset,
                                        g_act='leaky_relu'))                                                                   # and the leaky ReLU it was measured with
 register(Method('edm', 'learned denoiser D(x, sigma) (scores)', 'free particles', Diffusion, EDMConfig, EDM_PRESETS, edm, resolve_noise,
-                image_preset='digits'))
-register(Method('sd_flow', 'kernel score difference', 'generator', ScoreGenerator, SDFlowConfig, SD_FLOW_PRESETS, sd_flow, resolve_push))
+                image_preset='digits',
+                remedy="lower the learning rate (--lr); leave the noise levels to the data (--sigma_data 0 --sigma_min 0 --sigma_max 0, "
+                       "as the cpu preset does) and give the denoiser input features (--x_emb 64), which resolve narrow modes "
+                       "(31_report_scores)"))
+register(Method('sd_flow', 'kernel score difference', 'generator', ScoreGenerator, SDFlowConfig, SD_FLOW_PRESETS, sd_flow, resolve_push,
+                remedy="lower the generator's learning rate (--g_lr); in more than two dimensions raise the push's smallest noise level "
+                       "(--push_sigma_min): a kernel score is noisy below the spacing of a batch's samples (42_report_push_floor)"))
 register(Method('score_gan', 'data minus fake denoiser (score difference)', 'generator', ScoreGenerator, ScoreGANConfig,
-                SCORE_GAN_PRESETS, score_gan, resolve_score_gan, image_preset='digits'))
+                SCORE_GAN_PRESETS, score_gan, resolve_score_gan, image_preset='digits',
+                remedy="lower the learning rates (--g_lr for the generator, --fake_lr for the fake denoiser); take the data's scales "
+                       "and input features (--push_sigma_min 0 --sigma_data 0 --x_emb 64), with which no run diverged on the narrow "
+                       "mixtures where the cpu preset did (42_report_push_floor)"))

@@ -1,13 +1,14 @@
 "Console scripts: the run-folder contract, seeds, resume guards, evaluation apart from training, divergence, user arrays and images, and clear errors with exit status 2."
 import json, os, re, subprocess, sys
-from dataclasses import asdict
+from dataclasses import asdict, fields
+from types import SimpleNamespace
 import numpy as np, pytest, torch
 from gpm_nb.core import seed_everything
 from gpm_nb.data import ArrayData, load_digits, get_dataset
 from gpm_nb.gpm import METHODS, all_methods, RunConfig, DiscrFlow, flow_grid, spread
 from gpm_nb.train import read_checkpoint, load_checkpoint, NonFiniteLossError, CheckpointError
 from gpm_nb.cli import (train, make_run, run_configs, standardize, sample_run, load_run, bench, bench_compare, cpu_contention, gpm_train, gpm_sample, gpm_bench,
-                        read_log, DivergedError, DivergenceCB)
+                        read_log, DivergedError, DivergenceCB, far_from_data)
 from helpers import cli
 
 METHOD_NAMES = list(all_methods())   # every built-in method keeps the run-folder contract
@@ -269,6 +270,20 @@ def test_diverged_run_keeps_the_last_good_checkpoint(tmp_path, capsys):
     code, msg = cli(capsys, gpm_train, '--method', 'gan', '--preset', 'quick', '--steps', 60, '--eval_every', 5,
                     '--g_lr', 0.03, '--out', tmp_path/'cli', '--quiet')
     assert code == 1 and 'diverged at step' in msg and 'Traceback' not in msg, msg
+    assert METHODS['gan'].remedy in msg and '--eta' not in msg, msg      # the GAN's own levers, not Discriminator Flow's
+
+@pytest.mark.parametrize('method', METHOD_NAMES)
+def test_each_method_names_its_own_remedies(method, capsys, tmp_path):
+    "A diverged or misfit run says what to change in flags its method takes: each flag of its remedy is accepted by gpm_train."
+    remedy = METHODS[method].remedy
+    flags = re.findall(r'--(\w+)', remedy)
+    assert flags, remedy
+    known = {f.name for c in (RunConfig, METHODS[method].config) for f in fields(c)}
+    assert set(flags) <= known, set(flags) - known
+    assert remedy in far_from_data(dict(energy=1., energy_floor=0.001), remedy=remedy)
+    cb = DivergenceCB(0.001, remedy=remedy); cb.reason(dict(energy=0.002))    # a good evaluation, then one 500x worse
+    tr = SimpleNamespace(step=20, metrics=dict(step=20, energy=1.), kept=lambda: 'the last good checkpoint (step 10) is kept')
+    with pytest.raises(DivergedError, match=re.escape(f'To try: {remedy}; or train fewer steps.')): cb.after_step(tr)
 
 @pytest.mark.parametrize('method', METHOD_NAMES)
 def test_nan_before_any_checkpoint_is_recorded(tmp_path, method):
