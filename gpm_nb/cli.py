@@ -22,10 +22,11 @@ from .scores import SAMPLERS
 from .yardstick import digits_metrics, inception_weights, inception_net, inception_features, frechet_distance
 
 # %% auto #0
-__all__ = ['CHECKPOINTS', 'Standardized', 'standardize', 'DataShape', 'preset_names', 'run_configs', 'make_run', 'to_model_scale',
-           'to_data_scale', 'draw', 'plot_samples', 'DivergedError', 'DivergenceCB', 'degradation', 'far_from_data',
-           'run_config', 'train', 'read_log', 'gpm_train', 'load_run', 'sample_run', 'inception_fid_run', 'gpm_sample',
-           'count_nfe', 'GPUUtilisation', 'bench', 'profile_ops', 'bench_compare', 'cpu_contention', 'gpm_bench']
+__all__ = ['REMEDY', 'CHECKPOINTS', 'Standardized', 'standardize', 'DataShape', 'preset_names', 'run_configs', 'make_run',
+           'to_model_scale', 'to_data_scale', 'draw', 'plot_samples', 'DivergedError', 'DivergenceCB', 'degradation',
+           'far_from_data', 'run_config', 'train', 'read_log', 'gpm_train', 'load_run', 'sample_run',
+           'inception_fid_run', 'gpm_sample', 'count_nfe', 'GPUUtilisation', 'bench', 'profile_ops', 'bench_compare',
+           'cpu_contention', 'gpm_bench']
 
 # %% ../nbs/20_cli.ipynb #aa63d969
 class Standardized:
@@ -131,6 +132,8 @@ def plot_samples(x, y, path, title=''):
 class DivergedError(RuntimeError):
     "Training diverged: an evaluation found samples far out of range or far worse than before."
 
+REMEDY = 'lower the learning rate'   # what a run is told to try when its method names nothing of its own (`Method.remedy`)
+
 class DivergenceCB(Callback):
     "After each evaluation, raise `DivergedError` if the samples left the data's range or got far worse."
     order = 15   # after evaluation (5) and the log (10), before the checkpoint (20)
@@ -138,7 +141,7 @@ class DivergenceCB(Callback):
                  kept:BestCheckpointCB|None=None, # the run's best checkpoint: its evaluation (restored by --resume) counts as a best too
                  remedy:str=''): # what to change, in the method's own flags (`Method.remedy`); default: lower the learning rate
         self.floor, self.max_out, self.max_floor, self.max_best, self.best, self.kept = floor, max_out, max_floor, max_best, math.inf, kept
-        self.remedy = remedy or 'lower the learning rate'
+        self.remedy = remedy or REMEDY
     def reason(self, m:dict) -> str|None:
         "Why the metrics `m` of one evaluation show a diverged run, or None."
         if m.get('out_of_range', 0) > self.max_out:
@@ -177,7 +180,7 @@ def far_from_data(m:dict, # final metrics: `energy` and its real-vs-real `energy
     e, f = m.get('energy'), m.get('energy_floor', 0.)
     if e is None or not f > 0 or e <= max_floor * f: return None
     return (f"the samples do not fit the data: their energy distance, {e:.3g}, is {e / f:.0f}x the real-vs-real floor ({f:.2g}), "
-            f"where runs that fit end within about 10x. See samples.png. To try: train longer (--steps); {remedy or 'lower the learning rate'}")
+            f"where runs that fit end within about 10x. See samples.png. To try: train longer (--steps); {remedy or REMEDY}")
 
 # %% ../nbs/20_cli.ipynb #b2370f74
 def run_config(run:str|Path) -> dict:
