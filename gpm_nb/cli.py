@@ -511,7 +511,7 @@ def bench(method:str='discr_flow', data:str='gaussians5', preset:str='gpu', iter
     with GPUUtilisation(device) as util:
         if left := _teacher_steps_left(model):   # timed apart and then skipped: a run takes most of its steps after them
             teacher_its = _its_per_s(model, min(iters, left), sync)
-            model.it.fill_(model.teacher_steps - 1); model.train_step()   # the last teacher step: the fake denoiser starts as the data's
+            model.skip_teacher()
         its = _its_per_s(model, iters, sync)
     model.eval()
     _, nfe = count_nfe(model, lambda: model.sample(min(n_samples, 256)))

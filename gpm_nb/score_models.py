@@ -184,6 +184,11 @@ def train_step(self:ScoreGenerator) -> dict:
     return losses
 
 @patch
+def skip_teacher(self:ScoreGenerator):
+    "Go straight to the data denoiser's last training step and take it (the fake denoiser starts as the data's): what is left are generator iterations, e.g. to time them (`gpm_bench`)."
+    if self.it < self.teacher_steps: self.it.fill_(self.teacher_steps - 1); self.train_step()
+
+@patch
 @torch.no_grad()
 def sample(self:ScoreGenerator, n:int, steps:int|None=None, sampler:str|None=None, ema:bool=True, chunk:int=4096):
     "`n` samples g(z): one network evaluation each."
