@@ -17,7 +17,7 @@ from .data import as_data
 from .nets import MLP, ConvNet, ConvGenerator, ACTIVATIONS, activation
 from .integrate import Field, FnField, integrate, as_grid
 from .metrics import energy_distance, sliced_w2, mmd, metric_floor, mode_stats
-from .train import Callback, LinearDecayCB, EMA, CudaGraphed, loss_grads, step_grads
+from .train import Callback, LinearDecayCB, EMA, adam, CudaGraphed, loss_grads, step_grads
 from .monoflow import GAN_LOSSES, GANLoss, gan_loss
 
 # %% auto #0
@@ -49,7 +49,7 @@ class DiscriminatorField(Field):
         if not gp >= 0: raise ValueError(f"the gradient-penalty weight gp must be >= 0, got {gp}")
         if gp_on not in GP_ON: raise ValueError(f"unknown penalty point gp_on={gp_on!r}: choose one of {', '.join(GP_ON)}")
         self.net, self.loss, self.gp, self.gp_center, self.gp_on, self.eta = net, gan_loss(loss, shift), gp, gp_center, gp_on, eta
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=lr, betas=betas)
+        self.opt = adam(self.net.parameters(), lr, betas)
     def optimizers(self): return {'field': self.opt}
     def forward(self, x:Tensor, t:Tensor) -> Tensor:
         with torch.enable_grad():
@@ -248,7 +248,7 @@ class Generator(nn.Module):
                  opt:Callable|None=None): # or any optimiser factory `params -> Optimizer`
         super().__init__()
         self.net, self.prior = net, prior
-        self.opt = opt(self.net.parameters()) if opt else torch.optim.Adam(self.net.parameters(), lr=lr, betas=betas)
+        self.opt = opt(self.net.parameters()) if opt else adam(self.net.parameters(), lr, betas)
     def optimizers(self): return {'generator': self.opt}
     def forward(self, z:Tensor) -> Tensor: return self.net(z)
 

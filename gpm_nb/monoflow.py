@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 from torch.distributions import MultivariateNormal
+from .train import adam
 
 # %% auto #0
 __all__ = ['GAN_LOSSES', 'F_LOSSES', 'TOY_RATIOS', 'TOY_SIGMA', 'LOGISTIC', 'TOY_OUTCOMES', 'GANLoss', 'gan_loss',
@@ -124,10 +125,10 @@ def monoflow_toys(losses:list, # names of `F_LOSSES` or `GAN_LOSSES`, or per-sam
     Lp = torch.linalg.cholesky(torch.tensor(TOY_SIGMA))
     p = MultivariateNormal(torch.zeros(2), scale_tril=Lp, validate_args=False)   # (checking arguments each step: 3/4 of the time)
     model = [[torch.ones(2, requires_grad=True), torch.eye(2, requires_grad=True)] for _ in ells]
-    opt, n = torch.optim.Adam([dict(params=m, lr=lr or s) for m, (_, s, _) in zip(model, sets)]), 32 if ratio == 'gan' else 1000
+    opt, n = adam([dict(params=m, lr=lr or s) for m, (_, s, _) in zip(model, sets)]), 32 if ratio == 'gan' else 1000
     if ratio == 'gan':
         disc = [_toy_disc_params(seed) for _ in ells]   # each run's discriminator as the run alone makes it
-        opt_d = torch.optim.Adam([dict(params=d, lr=lr_d or s) for d, (_, _, s) in zip(disc, sets)])
+        opt_d = adam([dict(params=d, lr=lr_d or s) for d, (_, _, s) in zip(disc, sets)])
     out = [None] * len(ells)
     for k in range(max(todo)):
         on = [b for b in range(len(ells)) if out[b] is None]   # the runs still going

@@ -16,7 +16,7 @@ from .nets import MLP, UNet
 from .integrate import Field
 from .scores import Denoiser, edm_loss, to_d, get_sigmas_karras, get_sampler, SAMPLERS, edm_defaults
 from .sdflow import kernel_denoiser
-from .train import EMA, read_checkpoint
+from .train import EMA, adam, read_checkpoint
 from .data import as_data
 from .gpm import (sample_shape, method_inputs, FreeParticles, GaussianPrior, Generator, GAN, Recipe, RunConfig, Method, register, push_loss, _check, init_std_rule, ACT_RULE,
                         positive, nonneg, _net_kind, GANConfig, generator_net, X_EMB_RULE, EMB_RULE, pos_real, unit_interval, no_input_features)
@@ -38,7 +38,7 @@ class DenoiserField(Field):
         super().__init__()
         if not P_std >= 0: raise ValueError(f"P_std must be >= 0, got {P_std!r}")
         self.denoiser, self.P_mean, self.P_std, self.name = denoiser, P_mean, P_std, name
-        self.opt = torch.optim.Adam(denoiser.parameters(), lr=lr, betas=betas)
+        self.opt = adam(denoiser.parameters(), lr, betas)
     def optimizers(self): return {self.name: self.opt}
     def forward(self, x:Tensor, t:Tensor) -> Tensor: return to_d(x, t, self.denoiser(x, t))
     def fit_step(self, x_data:Tensor, x_particles=None, t=None) -> dict:
@@ -161,7 +161,7 @@ def push(self:ScoreGenerator, n:int) -> dict:
     x = g.net(g.prior.sample(n, dev))
     s = draw_sigmas(n, self.sigma_min, self.sigma_max, self.rho, device=dev).to(x.dtype)
     xt = x + append_dims(s, x.dim()) * torch.randn_like(x)
-    v = self.field(xt.detach(), s)
+    with torch.no_grad(): v = self.field(xt.detach(), s)   # the surrogate detaches it: no graph through the denoisers
     loss = push_loss(xt, v)
     g.opt.zero_grad(set_to_none=True); loss.backward(); g.opt.step()
     return dict(g_loss=loss.item(), speed=v.flatten(1).norm(dim=1).mean().item())

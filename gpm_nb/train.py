@@ -18,7 +18,7 @@ from .core import rng_state, set_rng_state, fork_rng, seed_everything, check_cou
 __all__ = ['DIST_TIMEOUT_ENV', 'CKPT_FORMAT', 'dist_info', 'init_distributed', 'close_distributed', 'all_mean_', 'broadcast_',
            'average_gradients', 'mean_losses', 'rank_seed', 'save_checkpoint', 'CheckpointError', 'read_checkpoint',
            'load_checkpoint', 'Callback', 'NonFiniteLossError', 'Trainer', 'LogCB', 'EvalCB', 'CheckpointCB',
-           'ProgressCB', 'LinearDecayCB', 'BestCheckpointCB', 'EMA', 'CudaGraphed', 'trainable', 'loss_grads',
+           'ProgressCB', 'LinearDecayCB', 'BestCheckpointCB', 'EMA', 'adam', 'CudaGraphed', 'trainable', 'loss_grads',
            'step_grads']
 
 # %% ../nbs/04_train.ipynb #c6e355d7
@@ -350,10 +350,16 @@ def update(self:EMA, net:nn.Module): # the network being trained, with `avg`'s s
         raise ValueError("EMA.update: net does not have the parameters and buffers of the averaged network")
     n = self.n_updates.item(); d = min(self.decay, (1 + n) / (10 + n))
     with torch.no_grad():
-        for k, a in aps.items(): a.lerp_(ps[k], 1 - d)
+        if aps: torch._foreach_lerp_(list(aps.values()), [ps[k] for k in aps], 1 - d)   # one call for every tensor: `lerp_` on each, without the Python loop
         for k, b in abs_.items(): b.copy_(bs[k])
     self.n_updates += 1
     return self
+
+# %% ../nbs/04_train.ipynb #f357f34d
+def adam(params, # parameters, or parameter groups (dicts), as `torch.optim.Adam` takes them
+         lr:float=1e-3, betas:tuple=(0.9, 0.999)) -> torch.optim.Adam:
+    "`torch.optim.Adam` with its multi-tensor step on every device (PyTorch's default takes it only on GPUs): the same numbers, less time on a CPU."
+    return torch.optim.Adam(params, lr=lr, betas=betas, foreach=True)
 
 # %% ../nbs/04_train.ipynb #c52b265a
 class CudaGraphed:
