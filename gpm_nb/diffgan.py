@@ -16,7 +16,7 @@ from .train import all_mean_, dist_info
 from .monoflow import GANLoss
 from .data import as_data
 from .gpm import (sample_shape, method_inputs, DiscriminatorField, DiscrFlow, Generator, GaussianPrior, GAN, RunConfig, GANConfig, no_input_features,
-                        DiscrFlowConfig, Method, register, _check, positive, pos_real, unit_interval, open_unit, EMB_RULE, _net_kind, generator_net, free_particles, spread, particle_eta, GAN_PRESETS, GPM_ADAM)
+                        DiscrFlowConfig, Method, register, _check, positive, pos_real, unit_interval, open_unit, EMB_RULE, _net_kind, generator_net, free_particles, spread, particle_eta, GAN_PRESETS)
 
 # %% auto #0
 __all__ = ['TS_DISTS', 'CONDS', 'SIGMA_N_RATIO', 'DIFFUSION_GAN_PRESETS', 'linear_betas', 'alphas_bar', 'diffuse',
@@ -207,6 +207,7 @@ def fit_step(self:DiffusedField, x_data:Tensor, x_particles:Tensor, t:Tensor) ->
 class DiffusionFields:
     "The forward diffusion and its adaptive length (Diffusion-GAN's defaults; sigma_n = 0: from the data)."
     sigma_n: float = 0.        # noise scale of eq. (1); 0: resolved from the data (`resolve_sigma_n`)
+    sigma_n_ratio: float = 0.1 # sigma_n = 0: this times the data's per-coordinate RMS std (the official ratio, `SIGMA_N_RATIO`)
     T_min: int = 10            # smallest length T
     T_max: int = 1000          # largest length T
     beta_min: float = 1e-4     # beta_1 of the linear schedule
@@ -223,7 +224,7 @@ class DiffusionFields:
     def _check_diffusion(self):
         if self.ts_dist not in TS_DISTS: raise ValueError(f"config field ts_dist must be one of {', '.join(TS_DISTS)}, got {self.ts_dist!r}")
         if self.cond not in CONDS: raise ValueError(f"config field cond must be one of {', '.join(CONDS)}, got {self.cond!r}")
-        _check(self, sigma_n=(lambda v: v >= 0, '>= 0 (0: from the data)'), T_min=positive,
+        _check(self, sigma_n=(lambda v: v >= 0, '>= 0 (0: from the data)'), sigma_n_ratio=pos_real, T_min=positive,
                d_target=open_unit, beta_min=open_unit, beta_max=open_unit, ada_kimg=pos_real, ada_interval=positive,
                clean=unit_interval, pool=(lambda v: v >= 2, '>= 2'),
                s_emb=EMB_RULE, n_draws=positive)
@@ -243,13 +244,13 @@ class DiffusedDiscrFlowConfig(DiscrFlowConfig, DiffusionFields):
     def __post_init__(self): super().__post_init__(); self._check_diffusion()
 
 # %% ../nbs/19_diffgan.ipynb #6745fa6c
-SIGMA_N_RATIO = 0.1   # the official sigma_n = 0.05 over the ~0.5 per-pixel std of images in [-1, 1]
+SIGMA_N_RATIO = DiffusionFields.sigma_n_ratio   # 0.1: the official sigma_n = 0.05 over the ~0.5 per-pixel std of images in [-1, 1]
 
 def resolve_sigma_n(data, cfg):
-    "`cfg` with sigma_n = 0 replaced by SIGMA_N_RATIO times the data's per-coordinate RMS std (from 2000 samples)."
+    "`cfg` with sigma_n = 0 replaced by `cfg.sigma_n_ratio` (by default SIGMA_N_RATIO) times the data's per-coordinate RMS std (from 2000 samples)."
     data = as_data(data)
     if cfg.sigma_n: return cfg
-    return replace(cfg, sigma_n=float(f"{SIGMA_N_RATIO * spread(data.sample(2000, device='cpu')):.4g}"))
+    return replace(cfg, sigma_n=float(f"{cfg.sigma_n_ratio * spread(data.sample(2000, device='cpu')):.4g}"))
 
 # %% ../nbs/19_diffgan.ipynb #0f313c97
 def diffusion(cfg:DiffusionFields) -> AdaptiveDiffusion:
@@ -284,8 +285,8 @@ def diffused_discr_flow(data, cfg:DiffusedDiscrFlowConfig=DiffusedDiscrFlowConfi
 # %% ../nbs/19_diffgan.ipynb #e2084c14
 DIFFUSION_GAN_PRESETS = {
     'gpu': (RunConfig(steps=1900), DiffusionGANConfig()),
-    'cpu': (GAN_PRESETS['cpu'][0],    # the GAN's cpu preset (16_gpm: penalty 3, a ReLU generator, 20,000 iterations) with the diffusion's defaults
-            DiffusionGANConfig(**{**asdict(GAN_PRESETS['cpu'][1]), **GPM_ADAM})),   # with GPM's Adam, which it was measured with (33_report_diffflow)
+    'cpu': (GAN_PRESETS['cpu'][0],    # the GAN's cpu preset (16_gpm, 41_report_gan_adam: penalty 3, a ReLU generator, Adam at 4e-4 with beta2 0.99)
+            DiffusionGANConfig(**asdict(GAN_PRESETS['cpu'][1]), sigma_n_ratio=0.05)),   # with half the official noise (33_report_diffflow)
     'quick': (RunConfig(steps=150, eval_every=150, n_eval=500),
               DiffusionGANConfig(width=64, depth=2, g_width=64, g_depth=2, latent=16, gp=0.1, gp_on='interp', ema=0.99, s_emb=16)),
     'digits': (RunConfig(steps=6000, lr_decay=0.5, eval_every=1500, n_eval=5000),   # images: the cpu preset before it took the GAN's, as measured on digits

@@ -175,12 +175,12 @@ def test_checkpoint_keeps_the_adaptive_state(tmp_path):
 # ---------------------------------------------------------------- the CLI
 
 def test_cpu_preset_is_the_gans_with_the_diffusion():
-    "Diffusion-GAN's cpu preset: the GAN's run and networks, the diffusion's defaults, and Adam's beta2 and learning rates as it was measured with."
+    "Diffusion-GAN's cpu preset: the GAN's run, networks and Adam, and the diffusion's defaults but half their noise ratio (33_report_diffflow)."
     (run, c), (grun, g) = DIFFUSION_GAN_PRESETS['cpu'], METHODS['gan'].presets['cpu']
-    assert run == grun and (g.beta2, g.lr, g.g_lr) == (0.99, 4e-4, 4e-4) and (c.beta2, c.lr, c.g_lr) == (0.999, 2e-4, 2e-4)
-    assert all(getattr(c, f.name) == getattr(g, f.name) for f in fields(g) if f.name not in ('beta2', 'lr', 'g_lr'))
+    assert run == grun and all(getattr(c, f.name) == getattr(g, f.name) for f in fields(g))
     extra = {f.name for f in fields(c)} - {f.name for f in fields(g)}
-    assert extra and all(getattr(c, k) == getattr(DiffusionGANConfig(), k) for k in extra), extra
+    assert c.sigma_n_ratio == SIGMA_N_RATIO / 2 and SIGMA_N_RATIO == DiffusionGANConfig().sigma_n_ratio
+    assert 'sigma_n_ratio' in extra and all(getattr(c, k) == getattr(DiffusionGANConfig(), k) for k in extra - {'sigma_n_ratio'}), extra
 
 def test_cli_trains_resumes_and_samples(tmp_path, capsys):
     assert 'diffusion_gan' in METHODS and set(DIFFUSION_GAN_PRESETS) == {'quick', 'cpu', 'gpu', 'digits', 'cifar10'}

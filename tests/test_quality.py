@@ -11,7 +11,8 @@ BARS = {'discr_flow': (0.97, 0.02, None),   # the issue's bar: 98.2% on this see
         'edm': (0.95, None, 3.), 'sd_flow': (0.95, None, 3.),
         'score_gan': (0.95, None, 3.),   # the bar, with GPM's ReLU generator: 0.958 and 2.6x on this seed (17_score_models; the leaky ReLU gave 0.93)
         'diffflow': (0.95, None, 3.),     # its best split (1), with input features, on the 5 Gaussians: 0.978-0.980, 1.0-1.9x the floor (18_diffflow, 33_report_diffflow)
-        'diffusion_gan': (0.95, 0.02, None)}   # the GAN's bar (its preset is the GAN's plus the diffusion): 0.965, energy 0.010 = 4.8x the floor, not the 3x (33_report_diffflow)
+        'diffusion_gan': (0.95, 0.02, None)}   # the GAN's bar (its preset is the GAN's plus the diffusion at half the official noise): 0.955, energy 0.0038,
+                                               # 1.8x the floor in one draw and 3.3x over four, not the 3x (33_report_diffflow)
 
 @pytest.mark.parametrize('method', sorted(BARS))
 def test_cpu_preset_reaches_its_bar_on_gaussians5(method, tmp_path):
