@@ -191,24 +191,36 @@ def frechet_gaussian(mu1:Tensor, # mean, (k,)
     d = (mu1 - mu2.to(mu1.device)).square().sum() + cov1.trace() + cov2.trace() - 2 * tr_sqrt
     return max(d.item(), 0.)
 
-def feature_moments(f:Tensor, name:str='f') -> tuple[Tensor, Tensor]:
-    "Sample mean (k,) and unbiased covariance (k, k) of the rows of `f` (n, k), float64, after checking `f`."
+def _centred(f:Tensor, name:str) -> tuple[Tensor, Tensor]:
+    "Sample mean (k,) and centred rows (n, k) of `f`, float64, after checking `f`."
     if not isinstance(f, Tensor): raise TypeError(f"{name} must be a torch.Tensor of shape (n, k), got {type(f).__name__}")
     if f.dim() != 2: raise ValueError(f"{name} must be 2-D (n samples, k features), got shape {tuple(f.shape)}")
     if len(f) < 2: raise ValueError(f"{name} needs at least 2 samples for a covariance, got {len(f)}")
     if f.shape[1] < 1: raise ValueError(f"{name} must have at least one feature, got shape {tuple(f.shape)}")
     f = check_finite(f.detach().to(torch.float64), name)
     mu = f.mean(0)
-    c = f - mu
+    return mu, f - mu
+
+def feature_moments(f:Tensor, name:str='f') -> tuple[Tensor, Tensor]:
+    "Sample mean (k,) and unbiased covariance (k, k) of the rows of `f` (n, k), float64, after checking `f`."
+    mu, c = _centred(f, name)
     return mu, c.T @ c / (len(f) - 1)
+
+def _tr_sqrt_factored(a1:Tensor, a2:Tensor) -> Tensor:
+    "tr (S1^1/2 S2 S1^1/2)^1/2 for S1 = a1^T a1, S2 = a2^T a2: the sum of the singular values of a1 a2^T, (n1, n2) (eq. 2)."
+    return torch.linalg.svdvals(a1 @ a2.T).sum()
 
 def frechet_distance(f1:Tensor, # features, (n1, k)
                      f2:Tensor, # features, (n2, k)
                     ) -> float:
     "Fréchet distance |mu1-mu2|^2 + tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2) between Gaussians fitted to two feature sets."
-    m1, s1 = feature_moments(f1, 'f1'); m2, s2 = feature_moments(f2, 'f2')
+    (m1, c1), (m2, c2) = _centred(f1, 'f1'), _centred(f2, 'f2')
     if len(m1) != len(m2): raise ValueError(f"f1 and f2 must have the same number of features, got {tuple(f1.shape)} and {tuple(f2.shape)}")
-    return frechet_gaussian(m1, s1, m2.to(m1.device), s2.to(m1.device))
+    (n1, k), n2 = c1.shape, len(c2)
+    a1, a2 = c1 / (n1 - 1) ** 0.5, c2.to(c1.device) / (n2 - 1) ** 0.5   # S = a^T a
+    if min(n1, n2) ** 2 * max(n1, n2) >= k ** 3: return frechet_gaussian(m1, a1.T @ a1, m2.to(m1.device), a2.T @ a2)   # the k x k route
+    d = (m1 - m2.to(m1.device)).square().sum() + a1.square().sum() + a2.square().sum() - 2 * _tr_sqrt_factored(a1, a2)
+    return max(d.item(), 0.)   # fewer samples than features: the n1 x n2 route, exact (eq. 2)
 
 # %% ../nbs/06_yardstick.ipynb #6b389478
 def _cdist(a:Tensor, b:Tensor) -> Tensor: return torch.cdist(a, b, compute_mode='donot_use_mm_for_euclid_dist')
