@@ -118,6 +118,8 @@ def monoflow_toys(losses:list, # names of `F_LOSSES` or `GAN_LOSSES`, or per-sam
     """Fit the toy's model x = mu + L z (mu = (1, 1), L = I at first) to its target with each loss; the final means and
     covariances L L^T. The runs go side by side (batched matrix products): each is the run of its loss alone, on the same draws."""
     if ratio not in TOY_RATIOS: raise ValueError(f"unknown ratio {ratio!r}: choose one of {', '.join(TOY_RATIOS)}")
+    if isinstance(losses, str) or not len(losses):
+        raise ValueError(f"losses must be a non-empty list of names of F_LOSSES or GAN_LOSSES, or of loss functions, got {losses!r}")
     ells, names = zip(*map(_toy_loss, losses))
     sets = [_toy_settings(name, ratio) for name in names]
     todo = [steps or s for s, _, _ in sets]

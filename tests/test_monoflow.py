@@ -47,6 +47,8 @@ def test_bad_loss_names_and_shifts():
     with pytest.raises(ValueError, match='unknown ratio'): monoflow_toy('reverse_kl', 'exact')
     with pytest.raises(ValueError, match='unknown toy loss'): monoflow_toy('kl', 'detached')
     with pytest.raises(ValueError, match="unknown toy loss 'kl'"): monoflow_toys(['js', 'kl'], 'gan')
+    for bad in ([], 'js'):   # nothing to run, or one name that is not in a list
+        with pytest.raises(ValueError, match='losses must be a non-empty list'): monoflow_toys(bad)
     assert override((GANConfig(),), loss='saturating', shift='5')[0].shift == 5.
 
 @pytest.mark.parametrize('name', list(GAN_LOSSES))
