@@ -1,5 +1,5 @@
 "Score fields in the particle-model shape: the learned denoiser field, kernel and score-difference fields, diffusion and score-driven generators, teachers, and the CLI's score methods."
-import json, math
+import json, math, re
 from dataclasses import replace, asdict
 import numpy as np, pytest, torch
 from gpm_nb.core import seed_everything
@@ -68,6 +68,19 @@ def test_score_gan_teacher_phase_then_fake_starts_as_a_copy():
     assert {'fake_denoiser_loss', 'g_loss', 'speed'} <= set(out) and m.it.item() == 6
     assert all(torch.equal(a, b) for a, b in zip(pd, m.field.p.parameters()))         # the data denoiser is fixed now
     assert not all(torch.equal(a, b) for a, b in zip(pd, m.field.q.parameters()))
+
+def test_score_gan_teacher_phase_hands_over_its_weight_average():
+    def after_teacher(decay):
+        seed_everything(0)
+        m = score_gan(gaussians5(), replace(SCORE_GAN_PRESETS['quick'][1], teacher_steps=5, teacher_ema=decay), RunConfig(batch_size=32), device='cpu')
+        for _ in range(5): m.train_step()
+        return m
+    same = lambda a, b: all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    last, avg = after_teacher(0.), after_teacher(0.9)
+    assert last.teacher_ema is None and avg.teacher_ema.n_updates.item() == 5
+    assert same(avg.field.p.denoiser, avg.teacher_ema.avg) and same(avg.field.q.denoiser, avg.field.p.denoiser)
+    assert not same(avg.field.p.denoiser, last.field.p.denoiser)     # the same five iterations: the average is not the last iterate
+    with pytest.raises(ValueError, match=re.escape('teacher_ema must be in [0, 1)')): ScoreGANConfig(teacher_ema=1.)
 
 def test_sd_flow_field_has_no_parameters_of_its_own():
     m = sd_flow(gaussians5(), SDFlowConfig(latent=4, g_width=16, g_depth=1), RunConfig(batch_size=16), device='cpu')
