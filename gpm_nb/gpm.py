@@ -775,8 +775,11 @@ register(Method('gan', 'discriminator D(x)', 'generator', GAN, GANConfig, GAN_PR
                        "penalty's weight (--gp)"))
 
 # %% ../nbs/16_gpm.ipynb #b1e46309
-def adam_spike(beta1:float, beta2:float, quiet:float=1e-6, steps:int=20_000) -> float:
+def adam_spike(beta1:float, beta2:float, quiet:float=1e-6,
+               steps:int|None=None) -> float: # quiet gradients first; None: 20 / (1 - beta2), after which the averages keep e^-20 of their start
     "The step of PyTorch's Adam (lr 1) at the first gradient of 1 after `steps` gradients of size `quiet`: eq. (8)."
+    if not 0 <= beta2 < 1: raise ValueError(f"beta2 must be in [0, 1), got {beta2!r}")
+    steps = math.ceil(20 / (1 - beta2)) if steps is None else steps
     w = torch.zeros(1, requires_grad=True); opt = torch.optim.Adam([w], lr=1., betas=(beta1, beta2))
     for _ in range(steps): w.grad = torch.full((1,), quiet); opt.step()
     before = w.detach().clone(); w.grad = torch.ones(1); opt.step()

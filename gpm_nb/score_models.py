@@ -145,11 +145,14 @@ class ScoreGenerator(Recipe):
                  ema:float=0., # decay of the generator average used to sample (0: none)
                  teacher_steps:int=0, # first iterations that only fit the data denoiser p (ScoreGAN without a teacher)
                  teacher_ema:float=0., # decay of p's weight average over those iterations, which becomes p at their end (0: the last iterate)
-                 teacher:str=''): # or an EDM run whose denoiser is p, read at the first iteration (ScoreGAN)
+                 teacher:str='', # or an EDM run whose denoiser is p, read at the first iteration (ScoreGAN)
+                 fit_share:float=1.): # share of the batch drawn from the generator to fit the particle score q each iteration
         super().__init__(data, batch_size)
         draw_sigmas(1, sigma_min, sigma_max, rho)
+        if not 0 < fit_share <= 1: raise ValueError(f"fit_share must be in (0, 1], got {fit_share!r}")
         self.field, self.generator = field, generator
         self.sigma_min, self.sigma_max, self.rho, self.teacher_steps, self.teacher = sigma_min, sigma_max, rho, teacher_steps, teacher
+        self.n_fit = max(1, round(fit_share * batch_size))
         self.generator_ema = EMA(generator.net, ema) if ema else None
         self.teacher_ema = EMA(field.p.denoiser, teacher_ema) if teacher_ema and teacher_steps else None
         self.register_buffer('it', torch.zeros((), dtype=torch.long))
@@ -179,7 +182,7 @@ def train_step(self:ScoreGenerator) -> dict:
         if self.teacher_ema is not None: self.teacher_ema.update(self.field.p.denoiser)
         if self.it == self.teacher_steps: self.hand_over()
         return out
-    with torch.no_grad(): xg = self.generator(self.generator.prior.sample(n, dev))
+    with torch.no_grad(): xg = self.generator(self.generator.prior.sample(self.n_fit, dev))
     if not torch.isfinite(xg).all(): return dict(g_loss=math.nan)     # the trainer stops on a non-finite loss
     losses = self.field.fit_step(self.data.sample(n, device=dev), xg)
     losses.update(self.push(n))
@@ -301,13 +304,15 @@ class SDFlowConfig(_GeneratorFields):
 class ScoreGANConfig(DenoiserConfig, _GeneratorFields):
     "ScoreGAN: a data denoiser (EDM fields; trained first, or a saved EDM run), a fake denoiser and a generator (GPM's official config by default)."
     n_fake: int = 10           # fake-denoiser steps per generator step
+    fake_share: float = 1.     # share of the batch drawn from the generator for those steps (1: a whole batch)
     fake_lr: float = 2e-4      # Adam learning rate of the fake denoiser (it tracks the moving generator)
     teacher: str = ''          # an EDM run folder whose denoiser is the data denoiser ('' : train it here first)
     teacher_steps: int = 10000 # data-denoiser iterations before the generator starts (0 with a teacher)
     teacher_ema: float = 0.    # decay of the data denoiser's weight average over those iterations, the denoiser they hand over (0: the last iterate)
     def __post_init__(self):
         DenoiserConfig.__post_init__(self); _GeneratorFields.__post_init__(self)
-        _check(self, n_fake=positive, fake_lr=pos_real, teacher_steps=nonneg, teacher_ema=unit_interval)
+        _check(self, n_fake=positive, fake_share=(lambda v: 0 < v <= 1, 'in (0, 1]'), fake_lr=pos_real, teacher_steps=nonneg,
+               teacher_ema=unit_interval)
 
 # %% ../nbs/17_score_models.ipynb #897a6b85
 def denoiser_net(shape:tuple, cfg:DenoiserConfig,
@@ -382,7 +387,7 @@ def score_gan(data, cfg:ScoreGANConfig=ScoreGANConfig(), run:RunConfig=RunConfig
     field = ScoreDifferenceField(denoiser_field(shape, cfg, 'data_denoiser'), denoiser_field(shape, cfg, 'fake_denoiser', cfg.fake_lr),
                                  cfg.eta, fit_p=False, n_fit_q=cfg.n_fake)
     model = ScoreGenerator(field, _generator(shape, cfg), data, run.batch_size, cfg.push_sigma_min, cfg.push_sigma_max,
-                           cfg.push_rho, cfg.g_ema, 0 if cfg.teacher else cfg.teacher_steps, cfg.teacher_ema, cfg.teacher)
+                           cfg.push_rho, cfg.g_ema, 0 if cfg.teacher else cfg.teacher_steps, cfg.teacher_ema, cfg.teacher, cfg.fake_share)
     return model.to(device or default_device())
 
 def resolve_score_gan(data, cfg:ScoreGANConfig) -> ScoreGANConfig:
@@ -418,15 +423,16 @@ SCORE_GAN_PRESETS = {
     'gpu': (RunConfig(steps=41_500), ScoreGANConfig(teacher_steps=10_000, g_act='relu')),   # GPM's: a ReLU generator
     'cpu': (RunConfig(steps=30_000, batch_size=512, lr_decay=0.2, eval_every=2000, n_eval=5000),   # EDM's cpu denoiser, averaged, as the teacher;
             ScoreGANConfig(width=256, depth=3, x_emb=64, sigma_data=0., teacher_steps=10_000, teacher_ema=0.999,   # the push's levels from the data
-                           n_fake=2, fake_lr=1e-3, latent=32, g_width=256, g_depth=3, g_lr=1e-3, push_sigma_min=0., push_sigma_max=3.,
-                           push_rho=7., g_ema=0.999, g_act='relu')),
+                           n_fake=2, fake_share=0.5, fake_lr=1e-3, latent=32, g_width=256, g_depth=3, g_lr=1e-3,   # the fake denoiser's
+                           push_sigma_min=0., push_sigma_max=3., push_rho=7., g_ema=0.999, g_act='relu')),             # two steps on half a batch
     'quick': (RunConfig(steps=200, batch_size=256, eval_every=200, n_eval=500),
               ScoreGANConfig(width=64, depth=2, t_emb=32, lr=1e-3, fake_lr=1e-3, teacher_steps=100, n_fake=1, latent=16, g_width=64,
                              g_depth=2, g_lr=2e-3)),
 }
 SCORE_GAN_PRESETS['digits'] = (RunConfig(steps=6000, batch_size=128, lr_decay=0.2, eval_every=3000, n_eval=5000),   # images: U-Net denoisers, a conv generator
                                replace(SCORE_GAN_PRESETS['cpu'][1], lr=5e-4, teacher_steps=6000, push_sigma_min=0.03,   # the cpu preset's, its own teacher as EDM's digits preset,
-                                       g_act='leaky_relu', x_emb=0, sigma_data=0.5, teacher_ema=0.))                          # the leaky ReLU, GPM's scale, no average: as measured
+                                       g_act='leaky_relu', x_emb=0, sigma_data=0.5, teacher_ema=0., fake_share=1.))   # the leaky ReLU, GPM's scale, no average,
+                                                                                                                      # the fake denoiser on whole batches: as measured
 register(Method('edm', 'learned denoiser D(x, sigma) (scores)', 'free particles', Diffusion, EDMConfig, EDM_PRESETS, edm, resolve_noise,
                 image_preset='digits',
                 remedy="lower the learning rate (--lr); leave the noise levels to the data (--sigma_data 0 --sigma_min 0 --sigma_max 0, "

@@ -82,6 +82,21 @@ def test_score_gan_teacher_phase_hands_over_its_weight_average():
     assert not same(avg.field.p.denoiser, last.field.p.denoiser)     # the same five iterations: the average is not the last iterate
     with pytest.raises(ValueError, match=re.escape('teacher_ema must be in [0, 1)')): ScoreGANConfig(teacher_ema=1.)
 
+def test_score_gan_fits_its_fake_denoiser_to_its_share_of_a_batch():
+    "fake_share: each generator iteration draws that share of the batch from the generator, and the fake denoiser's n_fake steps all fit those samples."
+    seen = []
+    for share, want in ((1., 32), (0.5, 16), (0.01, 1)):
+        seed_everything(0)
+        m = score_gan(gaussians5(), replace(SCORE_GAN_PRESETS['quick'][1], teacher_steps=1, n_fake=2, fake_share=share), RunConfig(batch_size=32), device='cpu')
+        m.train_step()                                                       # the teacher phase
+        fit, seen = m.field.q.fit_step, []
+        m.field.q.fit_step = lambda x, *a, **k: (seen.append(x.shape), fit(x, *a, **k))[1]
+        out = m.train_step()
+        assert seen == [(want, 2)] * 2 and math.isfinite(out['g_loss']), (share, seen)
+    assert SCORE_GAN_PRESETS['cpu'][1].fake_share == 0.5 and SCORE_GAN_PRESETS['digits'][1].fake_share == 1.
+    with pytest.raises(ValueError, match=re.escape('fake_share must be in (0, 1]')): ScoreGANConfig(fake_share=0.)
+    with pytest.raises(ValueError, match=re.escape('fit_share must be in (0, 1]')): ScoreGenerator(None, None, gaussians5(), fit_share=2.)
+
 def test_sd_flow_field_has_no_parameters_of_its_own():
     m = sd_flow(gaussians5(), SDFlowConfig(latent=4, g_width=16, g_depth=1), RunConfig(batch_size=16), device='cpu')
     assert set(m.optimizers()) == {'generator'} and list(m.field.parameters()) == []
@@ -179,6 +194,7 @@ def test_gpm_sample_sampler_choice(tmp_path, capsys):
     (['--method', 'edm', '--sampler', 'rk4'], ["unknown sampler 'rk4'", 'dpmpp_2m']),
     (['--method', 'sd_flow', '--push_sigma_min', '-1'], ['push_sigma_min must be >= 0']),
     (['--method', 'score_gan', '--n_fake', '0'], ['n_fake must be >= 1']),
+    (['--method', 'score_gan', '--fake_share', '1.5'], ['fake_share must be in (0, 1]']),
     (['--method', 'score_gan', '--init_std', '-0.1'], ["init_std must be >= 0 (0: PyTorch's default init)"]),
     (['--method', 'edm', '--x_emb', '-2'], ['x_emb must be even and >= 0']),
     (['--method', 'edm', '--data', 'digits', '--x_emb', '16'], ['x_emb=16', 'vector data', 'leave x_emb at 0']),
