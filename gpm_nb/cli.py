@@ -211,8 +211,9 @@ def _check_resume(out:Path, config:dict) -> bool:
     if diff: raise ValueError(f"{out} holds a run with another config (differs in: {', '.join(diff)}: "
                               f"{', '.join(f'{k}={a.get(k)!r}' for k in diff)}); resume with the same settings, or choose another --out")
     if b['steps'] < a['steps']: raise ValueError(f"{out} is a run of {a['steps']} steps: resume with --steps >= {a['steps']}")
-    if b['steps'] > a['steps'] and a['lr_decay']:
-        raise ValueError(f"{out} decays its learning rate to 0 at step {a['steps']}: more steps would restart the schedule; "
+    if b['steps'] > a['steps'] and (a['lr_decay'] or a.get('push_sigma_end')):
+        what = 'decays its learning rate to 0' if a['lr_decay'] else 'anneals its push to push_sigma_end'
+        raise ValueError(f"{out} {what} at step {a['steps']}: more steps would restart the schedule; "
                          f"resume with --steps {a['steps']}, or start a new run")
     return b['steps'] > a['steps']
 

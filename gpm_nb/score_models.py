@@ -23,9 +23,9 @@ from .gpm import (sample_shape, method_inputs, FreeParticles, GaussianPrior, Gen
 
 # %% auto #0
 __all__ = ['TEACHER_ARCH', 'TEACHER_FIELDS', 'EDM_PRESETS', 'SD_FLOW_PRESETS', 'SCORE_GAN_PRESETS', 'DenoiserField', 'Diffusion',
-           'draw_sigmas', 'KernelField', 'ScoreDifferenceField', 'ScoreGenerator', 'DenoiserConfig', 'EDMConfig',
-           'SDFlowConfig', 'ScoreGANConfig', 'denoiser_net', 'denoiser_field', 'data_noise', 'resolve_noise',
-           'resolve_push', 'edm', 'sd_flow', 'score_gan', 'resolve_score_gan']
+           'draw_sigmas', 'annealed_top', 'KernelField', 'ScoreDifferenceField', 'ScoreGenerator', 'DenoiserConfig',
+           'EDMConfig', 'SDFlowConfig', 'ScoreGANConfig', 'denoiser_net', 'denoiser_field', 'data_noise',
+           'resolve_noise', 'resolve_push', 'edm', 'sd_flow', 'score_gan', 'resolve_score_gan']
 
 # %% ../nbs/17_score_models.ipynb #e30029e4
 class DenoiserField(Field):
@@ -100,6 +100,14 @@ def draw_sigmas(n:int, # number of noise levels
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     return (lo + torch.rand(n, device=device) * (hi - lo)) ** rho
 
+# %% ../nbs/17_score_models.ipynb #d2d9321e
+def annealed_top(sigma_max:float, sigma_end:float, # the top level at the first and at the last generator iteration
+                 f:float) -> float: # share of the generator's iterations done, clipped to [0, 1]
+    "The push's top noise level, eq. (2): sigma_max^(1 - f) sigma_end^f; sigma_end = 0: sigma_max throughout."
+    if not sigma_end: return sigma_max
+    f = min(max(f, 0.), 1.)
+    return sigma_max ** (1 - f) * sigma_end ** f
+
 # %% ../nbs/17_score_models.ipynb #ccc4c29c
 class KernelField(Field):
     "The score of the empirical measure of the latest samples it was fitted on (the kernel form); no parameters."
@@ -146,12 +154,17 @@ class ScoreGenerator(Recipe):
                  teacher_steps:int=0, # first iterations that only fit the data denoiser p (ScoreGAN without a teacher)
                  teacher_ema:float=0., # decay of p's weight average over those iterations, which becomes p at their end (0: the last iterate)
                  teacher:str='', # or an EDM run whose denoiser is p, read at the first iteration (ScoreGAN)
-                 fit_share:float=1.): # share of the batch drawn from the generator to fit the particle score q each iteration
+                 fit_share:float=1., # share of the batch drawn from the generator to fit the particle score q each iteration
+                 sigma_end:float=0., steps:int=0): # the push's top level at the last of `steps` iterations, eq. (2) (0: sigma_max throughout)
         super().__init__(data, batch_size)
         draw_sigmas(1, sigma_min, sigma_max, rho)
         if not 0 < fit_share <= 1: raise ValueError(f"fit_share must be in (0, 1], got {fit_share!r}")
+        if sigma_end and not (sigma_min < sigma_end <= sigma_max and steps > teacher_steps):
+            raise ValueError(f"annealing the push needs sigma_min < sigma_end <= sigma_max and more steps than teacher_steps, got "
+                             f"sigma_min={sigma_min!r}, sigma_end={sigma_end!r}, sigma_max={sigma_max!r}, steps={steps!r}, teacher_steps={teacher_steps!r}")
         self.field, self.generator = field, generator
         self.sigma_min, self.sigma_max, self.rho, self.teacher_steps, self.teacher = sigma_min, sigma_max, rho, teacher_steps, teacher
+        self.sigma_end, self.steps = sigma_end, steps
         self.n_fit = max(1, round(fit_share * batch_size))
         self.generator_ema = EMA(generator.net, ema) if ema else None
         self.teacher_ema = EMA(field.p.denoiser, teacher_ema) if teacher_ema and teacher_steps else None
@@ -160,16 +173,22 @@ class ScoreGenerator(Recipe):
 
 # %% ../nbs/17_score_models.ipynb #3abdf519
 @patch
+def sigma_top(self:ScoreGenerator) -> float:
+    "The push's top noise level at this iteration, eq. (2): annealed over the generator's iterations (those after the teacher's) when it has a `sigma_end`."
+    return annealed_top(self.sigma_max, self.sigma_end, (self.it.item() - self.teacher_steps) / max(self.steps - self.teacher_steps, 1))
+
+@patch
 def push(self:ScoreGenerator, n:int) -> dict:
     "One generator step along the field at noised outputs: the surrogate (4) of `16_gpm` with v = (1)."
     g, dev = self.generator, self.device
     x = g.net(g.prior.sample(n, dev))
-    s = draw_sigmas(n, self.sigma_min, self.sigma_max, self.rho, device=dev).to(x.dtype)
+    top = self.sigma_top()
+    s = draw_sigmas(n, self.sigma_min, top, self.rho, device=dev).to(x.dtype)
     xt = x + append_dims(s, x.dim()) * torch.randn_like(x)
     with torch.no_grad(): v = self.field(xt.detach(), s)   # the surrogate detaches it: no graph through the denoisers
     loss = push_loss(xt, v)
     g.opt.zero_grad(set_to_none=True); loss.backward(); g.opt.step()
-    return dict(g_loss=loss.item(), speed=v.flatten(1).norm(dim=1).mean().item())
+    return dict(g_loss=loss.item(), speed=v.flatten(1).norm(dim=1).mean().item(), sigma_top=top)
 
 @patch
 def train_step(self:ScoreGenerator) -> dict:
@@ -288,13 +307,17 @@ class _GeneratorFields:
     push_sigma_min: float = 0.1  # the noise levels of the push, uniform in sigma^(1/push_rho); 0: from the data (`resolve_push`)
     push_sigma_max: float = 10.
     push_rho: float = 3.
+    push_sigma_end: float = 0.  # the push's top level at the run's last iteration, annealed from push_sigma_max, eq. (2) (0: none)
     eta: float = 1.            # scale of the displacement (1)
     g_ema: float = 0.          # decay of the generator average used to sample (0: none)
     def __post_init__(self):
         _check(self, latent=positive, g_width=positive, g_depth=positive, init_std=init_std_rule, g_lr=pos_real, g_beta1=unit_interval,
-               g_beta2=unit_interval, push_sigma_min=nonneg, push_rho=pos_real, eta=pos_real, g_ema=unit_interval, g_act=ACT_RULE)
+               g_beta2=unit_interval, push_sigma_min=nonneg, push_rho=pos_real, push_sigma_end=nonneg, eta=pos_real, g_ema=unit_interval, g_act=ACT_RULE)
         if self.push_sigma_min and not self.push_sigma_min < self.push_sigma_max:
             raise ValueError(f"config fields push_sigma_min < push_sigma_max required, got {self.push_sigma_min!r} >= {self.push_sigma_max!r}")
+        if self.push_sigma_end and not self.push_sigma_min < self.push_sigma_end <= self.push_sigma_max:
+            raise ValueError(f"config field push_sigma_end must lie in (push_sigma_min, push_sigma_max] = ({self.push_sigma_min!r}, "
+                             f"{self.push_sigma_max!r}], got {self.push_sigma_end!r}; 0 anneals nothing")
 
 @dataclass(frozen=True)
 class SDFlowConfig(_GeneratorFields):
@@ -348,9 +371,10 @@ def resolve_push(data, cfg):
     zero = [k for k in ('push_sigma_min', 'sigma_data') if getattr(cfg, k, None) == 0]
     if not zero: return cfg
     d = data_noise(data); new = dict(push_sigma_min=_r4(d['sigma_min']), sigma_data=_r4(d['sigma_data']))
-    if 'push_sigma_min' in zero and not new['push_sigma_min'] < cfg.push_sigma_max:
-        raise ValueError(f"push_sigma_min={new['push_sigma_min']:g} from the data must be below push_sigma_max={cfg.push_sigma_max:g}: "
-                         "raise push_sigma_max, or set push_sigma_min")
+    top = min(v for v in (cfg.push_sigma_max, cfg.push_sigma_end) if v)   # the lowest the push's top level goes
+    if 'push_sigma_min' in zero and not new['push_sigma_min'] < top:
+        raise ValueError(f"push_sigma_min={new['push_sigma_min']:g} from the data must be below push_sigma_max={cfg.push_sigma_max:g} and "
+                         f"push_sigma_end={cfg.push_sigma_end:g}: raise them, or set push_sigma_min")
     return replace(cfg, **{k: new[k] for k in zero})
 
 # %% ../nbs/17_score_models.ipynb #02c06164
@@ -379,7 +403,7 @@ def sd_flow(data, cfg:SDFlowConfig=SDFlowConfig(), run:RunConfig=RunConfig(), de
     data = method_inputs(data, cfg, SDFlowConfig, run); shape = sample_shape(data); _require_push_floor(cfg)
     field = ScoreDifferenceField(KernelField(), KernelField(), cfg.eta)
     return ScoreGenerator(field, _generator(shape, cfg), data, run.batch_size, cfg.push_sigma_min, cfg.push_sigma_max,
-                          cfg.push_rho, cfg.g_ema).to(device or default_device())
+                          cfg.push_rho, cfg.g_ema, sigma_end=cfg.push_sigma_end, steps=run.steps).to(device or default_device())
 
 def score_gan(data, cfg:ScoreGANConfig=ScoreGANConfig(), run:RunConfig=RunConfig(), device=None) -> ScoreGenerator:
     "ScoreGAN: a data denoiser (trained first, or a teacher's) minus an online fake denoiser pushing a generator."
@@ -387,7 +411,8 @@ def score_gan(data, cfg:ScoreGANConfig=ScoreGANConfig(), run:RunConfig=RunConfig
     field = ScoreDifferenceField(denoiser_field(shape, cfg, 'data_denoiser'), denoiser_field(shape, cfg, 'fake_denoiser', cfg.fake_lr),
                                  cfg.eta, fit_p=False, n_fit_q=cfg.n_fake)
     model = ScoreGenerator(field, _generator(shape, cfg), data, run.batch_size, cfg.push_sigma_min, cfg.push_sigma_max,
-                           cfg.push_rho, cfg.g_ema, 0 if cfg.teacher else cfg.teacher_steps, cfg.teacher_ema, cfg.teacher, cfg.fake_share)
+                           cfg.push_rho, cfg.g_ema, 0 if cfg.teacher else cfg.teacher_steps, cfg.teacher_ema, cfg.teacher, cfg.fake_share,
+                           cfg.push_sigma_end, run.steps)
     return model.to(device or default_device())
 
 def resolve_score_gan(data, cfg:ScoreGANConfig) -> ScoreGANConfig:

@@ -211,6 +211,13 @@ def test_resume_with_more_steps_under_lr_decay_is_refused(tmp_path):
     assert (out/'config.json').read_bytes() == cfg and (out/'checkpoint.pt').read_bytes() == ck
     assert train(**quick(steps=10, lr_decay=0.5), out=out, resume=True)['step'] == 10   # the same horizon is fine
 
+def test_resume_with_more_steps_under_an_annealed_push_is_refused(tmp_path):
+    out = tmp_path/'r'
+    train(**quick('sd_flow', steps=10, push_sigma_end=1.), out=out)
+    with pytest.raises(ValueError, match='anneals its push to push_sigma_end at step 10'):
+        train(**quick('sd_flow', steps=20, push_sigma_end=1.), out=out, resume=True)
+    assert train(**quick('sd_flow', steps=10, push_sigma_end=1.), out=out, resume=True)['step'] == 10   # the same horizon is fine
+
 def test_resume_with_another_seed_is_refused(tmp_path):
     out = tmp_path/'r'
     train(**quick(steps=5, seed=0), out=out)

@@ -97,10 +97,22 @@ def test_score_gan_fits_its_fake_denoiser_to_its_share_of_a_batch():
     with pytest.raises(ValueError, match=re.escape('fake_share must be in (0, 1]')): ScoreGANConfig(fake_share=0.)
     with pytest.raises(ValueError, match=re.escape('fit_share must be in (0, 1]')): ScoreGenerator(None, None, gaussians5(), fit_share=2.)
 
+def test_the_push_anneals_its_top_level_over_the_generators_iterations():
+    "push_sigma_end: the push's top level goes from push_sigma_max to push_sigma_end geometrically over the iterations after the teacher's (eq. 2 of 17_score_models)."
+    seed_everything(0)
+    cfg = replace(SCORE_GAN_PRESETS['quick'][1], teacher_steps=2, push_sigma_max=4., push_sigma_end=0.25)
+    m = score_gan(gaussians5(), cfg, RunConfig(steps=6, batch_size=32), device='cpu')
+    tops = [m.train_step().get('sigma_top') for _ in range(6)]
+    assert tops[:2] == [None, None]                                      # the teacher phase pushes nothing
+    assert np.allclose(tops[2:], [4 * (0.25 / 4) ** (k / 4) for k in range(1, 5)]) and tops[-1] == pytest.approx(0.25)
+    with pytest.raises(ValueError, match=re.escape('push_sigma_end must lie in (push_sigma_min, push_sigma_max]')): SDFlowConfig(push_sigma_end=0.05)
+    with pytest.raises(ValueError, match='more steps than teacher_steps'): score_gan(gaussians5(), cfg, RunConfig(steps=2), device='cpu')
+
 def test_sd_flow_field_has_no_parameters_of_its_own():
     m = sd_flow(gaussians5(), SDFlowConfig(latent=4, g_width=16, g_depth=1), RunConfig(batch_size=16), device='cpu')
     assert set(m.optimizers()) == {'generator'} and list(m.field.parameters()) == []
-    out = m.train_step(); assert set(out) == {'g_loss', 'speed'} and math.isfinite(out['g_loss'])
+    out = m.train_step(); assert set(out) == {'g_loss', 'speed', 'sigma_top'} and math.isfinite(out['g_loss'])
+    assert out['sigma_top'] == 10.   # no push_sigma_end: the top level stays push_sigma_max
     with pytest.raises(ValueError, match='do not apply'): m.sample(4, sampler='heun')
 
 def test_generator_init_std_zero_is_pytorchs_default_init():
@@ -195,6 +207,7 @@ def test_gpm_sample_sampler_choice(tmp_path, capsys):
     (['--method', 'sd_flow', '--push_sigma_min', '-1'], ['push_sigma_min must be >= 0']),
     (['--method', 'score_gan', '--n_fake', '0'], ['n_fake must be >= 1']),
     (['--method', 'score_gan', '--fake_share', '1.5'], ['fake_share must be in (0, 1]']),
+    (['--method', 'sd_flow', '--push_sigma_end', '20'], ['push_sigma_end must lie in (push_sigma_min, push_sigma_max]']),
     (['--method', 'score_gan', '--init_std', '-0.1'], ["init_std must be >= 0 (0: PyTorch's default init)"]),
     (['--method', 'edm', '--x_emb', '-2'], ['x_emb must be even and >= 0']),
     (['--method', 'edm', '--data', 'digits', '--x_emb', '16'], ['x_emb=16', 'vector data', 'leave x_emb at 0']),
