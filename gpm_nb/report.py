@@ -6,7 +6,7 @@
 __all__ = ['DF_RECORD_SETTING', 'run_key', 'preset_repr', 'same_run', 'run_cli', 'extra_tag', 'steps_args', 'digits_run',
            'verdict', 'check_runs', 'toy_table', 'toy_scatter', 'run_label', 'digits_table', 'digit_grids',
            'gpm_train_process', 'report_toys', 'clusters', 'clusters_file', 'record_args', 'df_record_run',
-           'redraw_ratios']
+           'redraw_ratios', 'energy_redrawn']
 
 # %% ../nbs/30_report.ipynb #b3d811d3
 import json, math, os, re, shutil, subprocess, sys, time
@@ -216,3 +216,14 @@ def redraw_ratios(out, # a run folder on digits
         torch.manual_seed(s); m = digits_metrics(sample_run(out, n, device='cpu').float().clamp(-1, 1))
         ratios.append(m['fd'] / m['fd_floor'])
     return ratios
+
+def energy_redrawn(out, # a run folder on 2-D data
+                   data:str='gaussians5', n:int=5000, draws:int=4) -> float:
+    "The energy distance of `draws` fresh draws of `n` samples from the run in `out` against as many of `data`, averaged, over the floor of 10 real pairs: `tests/test_quality.py`'s measure of the score methods (one pair is noisy)."
+    import numpy as np, torch
+    from gpm_nb.cli import sample_run
+    from gpm_nb.data import get_dataset
+    from gpm_nb.metrics import energy_distance, metric_floor
+    torch.manual_seed(0); p = get_dataset(data)
+    e = np.mean([energy_distance(sample_run(out, n), p.sample(n, 'cpu')) for _ in range(draws)])
+    return float(e / metric_floor(energy_distance, lambda m: p.sample(m, 'cpu'), n, repeats=10))

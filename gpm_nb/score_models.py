@@ -106,7 +106,7 @@ def annealed_top(sigma_max:float, sigma_end:float, # the top level at the first 
     "The push's top noise level, eq. (2): sigma_max^(1 - f) sigma_end^f; sigma_end = 0: sigma_max throughout."
     if not sigma_end: return sigma_max
     f = min(max(f, 0.), 1.)
-    return sigma_max ** (1 - f) * sigma_end ** f
+    return math.exp((1 - f) * math.log(sigma_max) + f * math.log(sigma_end))
 
 # %% ../nbs/17_score_models.ipynb #ccc4c29c
 class KernelField(Field):
@@ -155,16 +155,18 @@ class ScoreGenerator(Recipe):
                  teacher_ema:float=0., # decay of p's weight average over those iterations, which becomes p at their end (0: the last iterate)
                  teacher:str='', # or an EDM run whose denoiser is p, read at the first iteration (ScoreGAN)
                  fit_share:float=1., # share of the batch drawn from the generator to fit the particle score q each iteration
-                 sigma_end:float=0., steps:int=0): # the push's top level at the last of `steps` iterations, eq. (2) (0: sigma_max throughout)
+                 sigma_end:float=0., steps:int=0, # the push's top level at the last of `steps` iterations, eq. (2) (0: sigma_max throughout)
+                 anneal_share:float=1.): # share of each batch's levels drawn below that top; the rest from the whole range
         super().__init__(data, batch_size)
         draw_sigmas(1, sigma_min, sigma_max, rho)
-        if not 0 < fit_share <= 1: raise ValueError(f"fit_share must be in (0, 1], got {fit_share!r}")
+        for k, v in (('fit_share', fit_share), ('anneal_share', anneal_share)):
+            if not 0 < v <= 1: raise ValueError(f"{k} must be in (0, 1], got {v!r}")
         if sigma_end and not (sigma_min < sigma_end <= sigma_max and steps > teacher_steps):
             raise ValueError(f"annealing the push needs sigma_min < sigma_end <= sigma_max and more steps than teacher_steps, got "
                              f"sigma_min={sigma_min!r}, sigma_end={sigma_end!r}, sigma_max={sigma_max!r}, steps={steps!r}, teacher_steps={teacher_steps!r}")
         self.field, self.generator = field, generator
         self.sigma_min, self.sigma_max, self.rho, self.teacher_steps, self.teacher = sigma_min, sigma_max, rho, teacher_steps, teacher
-        self.sigma_end, self.steps = sigma_end, steps
+        self.sigma_end, self.steps, self.anneal_share = sigma_end, steps, anneal_share
         self.n_fit = max(1, round(fit_share * batch_size))
         self.generator_ema = EMA(generator.net, ema) if ema else None
         self.teacher_ema = EMA(field.p.denoiser, teacher_ema) if teacher_ema and teacher_steps else None
@@ -184,6 +186,8 @@ def push(self:ScoreGenerator, n:int) -> dict:
     x = g.net(g.prior.sample(n, dev))
     top = self.sigma_top()
     s = draw_sigmas(n, self.sigma_min, top, self.rho, device=dev).to(x.dtype)
+    if self.sigma_end and self.anneal_share < 1:   # the rest of the batch from the whole range
+        k = int(round((1 - self.anneal_share) * n)); s[:k] = draw_sigmas(k, self.sigma_min, self.sigma_max, self.rho, device=dev).to(x.dtype)
     xt = x + append_dims(s, x.dim()) * torch.randn_like(x)
     with torch.no_grad(): v = self.field(xt.detach(), s)   # the surrogate detaches it: no graph through the denoisers
     loss = push_loss(xt, v)
@@ -308,11 +312,12 @@ class _GeneratorFields:
     push_sigma_max: float = 10.
     push_rho: float = 3.
     push_sigma_end: float = 0.  # the push's top level at the run's last iteration, annealed from push_sigma_max, eq. (2) (0: none)
+    push_anneal_share: float = 1.  # share of each batch's levels drawn below that annealed top; the rest from the whole range
     eta: float = 1.            # scale of the displacement (1)
     g_ema: float = 0.          # decay of the generator average used to sample (0: none)
     def __post_init__(self):
         _check(self, latent=positive, g_width=positive, g_depth=positive, init_std=init_std_rule, g_lr=pos_real, g_beta1=unit_interval,
-               g_beta2=unit_interval, push_sigma_min=nonneg, push_rho=pos_real, push_sigma_end=nonneg, eta=pos_real, g_ema=unit_interval, g_act=ACT_RULE)
+               g_beta2=unit_interval, push_sigma_min=nonneg, push_rho=pos_real, push_sigma_end=nonneg, push_anneal_share=(lambda v: 0 < v <= 1, 'in (0, 1]'), eta=pos_real, g_ema=unit_interval, g_act=ACT_RULE)
         if self.push_sigma_min and not self.push_sigma_min < self.push_sigma_max:
             raise ValueError(f"config fields push_sigma_min < push_sigma_max required, got {self.push_sigma_min!r} >= {self.push_sigma_max!r}")
         if self.push_sigma_end and not self.push_sigma_min < self.push_sigma_end <= self.push_sigma_max:
@@ -403,7 +408,8 @@ def sd_flow(data, cfg:SDFlowConfig=SDFlowConfig(), run:RunConfig=RunConfig(), de
     data = method_inputs(data, cfg, SDFlowConfig, run); shape = sample_shape(data); _require_push_floor(cfg)
     field = ScoreDifferenceField(KernelField(), KernelField(), cfg.eta)
     return ScoreGenerator(field, _generator(shape, cfg), data, run.batch_size, cfg.push_sigma_min, cfg.push_sigma_max,
-                          cfg.push_rho, cfg.g_ema, sigma_end=cfg.push_sigma_end, steps=run.steps).to(device or default_device())
+                          cfg.push_rho, cfg.g_ema, sigma_end=cfg.push_sigma_end, steps=run.steps,
+                          anneal_share=cfg.push_anneal_share).to(device or default_device())
 
 def score_gan(data, cfg:ScoreGANConfig=ScoreGANConfig(), run:RunConfig=RunConfig(), device=None) -> ScoreGenerator:
     "ScoreGAN: a data denoiser (trained first, or a teacher's) minus an online fake denoiser pushing a generator."
@@ -412,7 +418,7 @@ def score_gan(data, cfg:ScoreGANConfig=ScoreGANConfig(), run:RunConfig=RunConfig
                                  cfg.eta, fit_p=False, n_fit_q=cfg.n_fake)
     model = ScoreGenerator(field, _generator(shape, cfg), data, run.batch_size, cfg.push_sigma_min, cfg.push_sigma_max,
                            cfg.push_rho, cfg.g_ema, 0 if cfg.teacher else cfg.teacher_steps, cfg.teacher_ema, cfg.teacher, cfg.fake_share,
-                           cfg.push_sigma_end, run.steps)
+                           cfg.push_sigma_end, run.steps, cfg.push_anneal_share)
     return model.to(device or default_device())
 
 def resolve_score_gan(data, cfg:ScoreGANConfig) -> ScoreGANConfig:

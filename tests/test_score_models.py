@@ -108,6 +108,17 @@ def test_the_push_anneals_its_top_level_over_the_generators_iterations():
     with pytest.raises(ValueError, match=re.escape('push_sigma_end must lie in (push_sigma_min, push_sigma_max]')): SDFlowConfig(push_sigma_end=0.05)
     with pytest.raises(ValueError, match='more steps than teacher_steps'): score_gan(gaussians5(), cfg, RunConfig(steps=2), device='cpu')
 
+def test_the_push_keeps_the_whole_range_for_the_rest_of_a_batch():
+    "push_anneal_share: that share of each batch's levels lies below the annealed top, the rest spans the whole range."
+    seed_everything(0); seen = []
+    cfg = SDFlowConfig(latent=4, g_width=8, g_depth=1, push_sigma_max=3., push_sigma_end=0.3, push_anneal_share=0.5)
+    m = sd_flow(gaussians5(), cfg, RunConfig(steps=1, batch_size=2000), device='cpu')
+    m.field.forward = lambda x, s: (seen.append(s), torch.zeros_like(x))[1]
+    assert m.train_step()['sigma_top'] == pytest.approx(0.3)
+    s = seen[0]
+    assert (s[1000:] <= 0.3).all() and (s[:1000] > 0.3).float().mean() > 0.8   # the whole range: (3^(1/3) - 0.3^(1/3)) / (3^(1/3) - 0.1^(1/3)) = 0.83
+    with pytest.raises(ValueError, match=re.escape('anneal_share must be in (0, 1]')): ScoreGenerator(None, None, gaussians5(), anneal_share=0.)
+
 def test_sd_flow_field_has_no_parameters_of_its_own():
     m = sd_flow(gaussians5(), SDFlowConfig(latent=4, g_width=16, g_depth=1), RunConfig(batch_size=16), device='cpu')
     assert set(m.optimizers()) == {'generator'} and list(m.field.parameters()) == []
@@ -208,6 +219,7 @@ def test_gpm_sample_sampler_choice(tmp_path, capsys):
     (['--method', 'score_gan', '--n_fake', '0'], ['n_fake must be >= 1']),
     (['--method', 'score_gan', '--fake_share', '1.5'], ['fake_share must be in (0, 1]']),
     (['--method', 'sd_flow', '--push_sigma_end', '20'], ['push_sigma_end must lie in (push_sigma_min, push_sigma_max]']),
+    (['--method', 'score_gan', '--push_anneal_share', '0'], ['push_anneal_share must be in (0, 1]']),
     (['--method', 'score_gan', '--init_std', '-0.1'], ["init_std must be >= 0 (0: PyTorch's default init)"]),
     (['--method', 'edm', '--x_emb', '-2'], ['x_emb must be even and >= 0']),
     (['--method', 'edm', '--data', 'digits', '--x_emb', '16'], ['x_emb=16', 'vector data', 'leave x_emb at 0']),
