@@ -454,16 +454,17 @@ SCORE_GAN_PRESETS = {
     'gpu': (RunConfig(steps=41_500), ScoreGANConfig(teacher_steps=10_000, g_act='relu')),   # GPM's: a ReLU generator
     'cpu': (RunConfig(steps=30_000, batch_size=512, lr_decay=0.2, eval_every=2000, n_eval=5000),   # EDM's cpu denoiser, averaged, as the teacher;
             ScoreGANConfig(width=256, depth=3, x_emb=64, sigma_data=0., teacher_steps=10_000, teacher_ema=0.999,   # the push's levels from the data
-                           n_fake=2, fake_share=0.5, fake_lr=1e-3, latent=32, g_width=256, g_depth=3, g_lr=1e-3,   # the fake denoiser's
-                           push_sigma_min=0., push_sigma_max=3., push_rho=7., g_ema=0.999, g_act='relu')),             # two steps on half a batch
+                           n_fake=2, fake_share=0.5, fake_lr=1e-3, latent=32, g_width=256, g_depth=3, g_lr=1e-3,   # the fake denoiser's two steps
+                           push_sigma_min=0., push_sigma_max=3., push_rho=7., g_ema=0.999, g_act='relu',           # on half a batch; the top level
+                           push_sigma_end=0.3, push_anneal_share=0.75)),                                         # annealed for three quarters of the levels
     'quick': (RunConfig(steps=200, batch_size=256, eval_every=200, n_eval=500),
               ScoreGANConfig(width=64, depth=2, t_emb=32, lr=1e-3, fake_lr=1e-3, teacher_steps=100, n_fake=1, latent=16, g_width=64,
                              g_depth=2, g_lr=2e-3)),
 }
 SCORE_GAN_PRESETS['digits'] = (RunConfig(steps=6000, batch_size=128, lr_decay=0.2, eval_every=3000, n_eval=5000),   # images: U-Net denoisers, a conv generator
                                replace(SCORE_GAN_PRESETS['cpu'][1], lr=5e-4, teacher_steps=6000, push_sigma_min=0.03,   # the cpu preset's, its own teacher as EDM's digits preset,
-                                       g_act='leaky_relu', x_emb=0, sigma_data=0.5, teacher_ema=0., fake_share=1.))   # the leaky ReLU, GPM's scale, no average,
-                                                                                                                      # the fake denoiser on whole batches: as measured
+                                       g_act='leaky_relu', x_emb=0, sigma_data=0.5, teacher_ema=0., fake_share=1.,   # the leaky ReLU, GPM's scale, no average,
+                                       push_sigma_end=0., push_anneal_share=1.))   # the fake denoiser on whole batches, no annealing: as measured
 register(Method('edm', 'learned denoiser D(x, sigma) (scores)', 'free particles', Diffusion, EDMConfig, EDM_PRESETS, edm, resolve_noise,
                 image_preset='digits',
                 remedy="lower the learning rate (--lr); leave the noise levels to the data (--sigma_data 0 --sigma_min 0 --sigma_max 0, "
@@ -474,7 +475,7 @@ register(Method('sd_flow', 'kernel score difference', 'generator', ScoreGenerato
                        "(--push_sigma_min): a kernel score is noisy below the spacing of a batch's samples (42_report_push_floor)"))
 register(Method('score_gan', 'data minus fake denoiser (score difference)', 'generator', ScoreGenerator, ScoreGANConfig,
                 SCORE_GAN_PRESETS, score_gan, resolve_score_gan, image_preset='digits',
-                remedy="decay the learning rates over more of the run (--lr_decay 0.5): on the narrow mixtures the share of samples "
-                       "near a mode rose while they decayed, still rising at the cpu preset's end; with GPM's scales (the gpu preset) take "
-                       "the data's and input features (--push_sigma_min 0 --sigma_data 0 --x_emb 64), as the cpu preset does: with "
-                       "GPM's it diverged on five of the ten toys (42_report_push_floor)"))
+                remedy="if the samples sit on the modes in the wrong proportions, anneal fewer of the push's levels (--push_anneal_share 0.5) "
+                       "or none (--push_sigma_end 0): annealing every level lost modes' mass on the 25-mode grid (43_report_push_anneal); "
+                       "with GPM's scales (the gpu preset) take the data's and input features (--push_sigma_min 0 --sigma_data 0 --x_emb 64), "
+                       "as the cpu preset does: with GPM's it diverged on five of the ten toys (42_report_push_floor)"))

@@ -107,6 +107,8 @@ def test_the_push_anneals_its_top_level_over_the_generators_iterations():
     assert np.allclose(tops[2:], [4 * (0.25 / 4) ** (k / 4) for k in range(1, 5)]) and tops[-1] == pytest.approx(0.25)
     with pytest.raises(ValueError, match=re.escape('push_sigma_end must lie in (push_sigma_min, push_sigma_max]')): SDFlowConfig(push_sigma_end=0.05)
     with pytest.raises(ValueError, match='more steps than teacher_steps'): score_gan(gaussians5(), cfg, RunConfig(steps=2), device='cpu')
+    cpu, digits = SCORE_GAN_PRESETS['cpu'][1], SCORE_GAN_PRESETS['digits'][1]   # the cpu preset anneals (43_report_push_anneal); digits as measured, not
+    assert (cpu.push_sigma_end, cpu.push_anneal_share, digits.push_sigma_end, digits.push_anneal_share) == (0.3, 0.75, 0., 1.)
 
 def test_the_push_keeps_the_whole_range_for_the_rest_of_a_batch():
     "push_anneal_share: that share of each batch's levels lies below the annealed top, the rest spans the whole range."
