@@ -317,7 +317,8 @@ class _GeneratorFields:
     g_ema: float = 0.          # decay of the generator average used to sample (0: none)
     def __post_init__(self):
         _check(self, latent=positive, g_width=positive, g_depth=positive, init_std=init_std_rule, g_lr=pos_real, g_beta1=unit_interval,
-               g_beta2=unit_interval, push_sigma_min=nonneg, push_rho=pos_real, push_sigma_end=nonneg, push_anneal_share=(lambda v: 0 < v <= 1, 'in (0, 1]'), eta=pos_real, g_ema=unit_interval, g_act=ACT_RULE)
+               g_beta2=unit_interval, push_sigma_min=nonneg, push_rho=pos_real, push_sigma_end=nonneg,
+               push_anneal_share=(lambda v: 0 < v <= 1, 'in (0, 1]'), eta=pos_real, g_ema=unit_interval, g_act=ACT_RULE)
         if self.push_sigma_min and not self.push_sigma_min < self.push_sigma_max:
             raise ValueError(f"config fields push_sigma_min < push_sigma_max required, got {self.push_sigma_min!r} >= {self.push_sigma_max!r}")
         if self.push_sigma_end and not self.push_sigma_min < self.push_sigma_end <= self.push_sigma_max:
