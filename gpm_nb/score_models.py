@@ -379,8 +379,8 @@ def resolve_push(data, cfg):
     d = data_noise(data); new = dict(push_sigma_min=_r4(d['sigma_min']), sigma_data=_r4(d['sigma_data']))
     top = min(v for v in (cfg.push_sigma_max, cfg.push_sigma_end) if v)   # the lowest the push's top level goes
     if 'push_sigma_min' in zero and not new['push_sigma_min'] < top:
-        raise ValueError(f"push_sigma_min={new['push_sigma_min']:g} from the data must be below push_sigma_max={cfg.push_sigma_max:g} and "
-                         f"push_sigma_end={cfg.push_sigma_end:g}: raise them, or set push_sigma_min")
+        name = 'push_sigma_end' if cfg.push_sigma_end else 'push_sigma_max'   # the lower of the two set
+        raise ValueError(f"push_sigma_min={new['push_sigma_min']:g} from the data must be below {name}={top:g}: raise {name}, or set push_sigma_min")
     return replace(cfg, **{k: new[k] for k in zero})
 
 # %% ../nbs/17_score_models.ipynb #02c06164
