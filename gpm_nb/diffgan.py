@@ -286,7 +286,8 @@ def diffused_discr_flow(data, cfg:DiffusedDiscrFlowConfig=DiffusedDiscrFlowConfi
 DIFFUSION_GAN_PRESETS = {
     'gpu': (RunConfig(steps=1900), DiffusionGANConfig()),
     'cpu': (GAN_PRESETS['cpu'][0],    # the GAN's cpu preset (16_gpm, 41_report_gan_adam: penalty 3, a ReLU generator, Adam at 4e-4 with beta2 0.99)
-            DiffusionGANConfig(**asdict(GAN_PRESETS['cpu'][1]), sigma_n_ratio=0.05)),   # with half the official noise (33_report_diffflow)
+            DiffusionGANConfig(**{**asdict(GAN_PRESETS['cpu'][1]), 'gp': 1.}, sigma_n_ratio=0.05)),   # with half the official noise (33_report_diffflow)
+                                                                                    # and a third of its penalty (44_report_diffgan_penalty)
     'quick': (RunConfig(steps=150, eval_every=150, n_eval=500),
               DiffusionGANConfig(width=64, depth=2, g_width=64, g_depth=2, latent=16, gp=0.1, gp_on='interp', ema=0.99, s_emb=16)),
     'digits': (RunConfig(steps=6000, lr_decay=0.5, eval_every=1500, n_eval=5000),   # images: the cpu preset before it took the GAN's, as measured on digits

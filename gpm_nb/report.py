@@ -6,7 +6,7 @@
 __all__ = ['DF_RECORD_SETTING', 'run_key', 'preset_repr', 'same_run', 'run_cli', 'extra_tag', 'steps_args', 'digits_run',
            'verdict', 'check_runs', 'toy_table', 'toy_scatter', 'run_label', 'digits_table', 'digit_grids',
            'gpm_train_process', 'report_toys', 'clusters', 'clusters_file', 'record_args', 'df_record_run',
-           'redraw_ratios', 'energy_redrawn']
+           'redraw_ratios', 'energy_redrawn', 'near_modes']
 
 # %% ../nbs/30_report.ipynb #b3d811d3
 import json, math, os, re, shutil, subprocess, sys, time
@@ -227,3 +227,15 @@ def energy_redrawn(out, # a run folder on 2-D data
     torch.manual_seed(0); p = get_dataset(data)
     e = np.mean([energy_distance(sample_run(out, n), p.sample(n, 'cpu')) for _ in range(draws)])
     return float(e / metric_floor(energy_distance, lambda m: p.sample(m, 'cpu'), n, repeats=10))
+
+# %% ../nbs/30_report.ipynb #f418a4ec
+def near_modes(x, # samples, (n, 2)
+               data:str, # a built-in Gaussian mixture
+               ks=(1, 2, 3, 6, 20)) -> dict:
+    "Share of samples `x` within k std of the nearest mode of mixture `data`, and the spread of those within 6 std over the data's (1: as wide)."
+    import torch
+    from gpm_nb.data import get_dataset
+    p, x = get_dataset(data), torch.as_tensor(x).float()
+    d = torch.cdist(x, p.means.to(x)).min(1).values / p.std
+    near = d[d < 6]
+    return {**{k: (d < k).float().mean().item() for k in ks}, 'spread': ((near ** 2).mean() / 2).sqrt().item()}

@@ -175,9 +175,9 @@ def test_checkpoint_keeps_the_adaptive_state(tmp_path):
 # ---------------------------------------------------------------- the CLI
 
 def test_cpu_preset_is_the_gans_with_the_diffusion():
-    "Diffusion-GAN's cpu preset: the GAN's run, networks and Adam, and the diffusion's defaults but half their noise ratio (33_report_diffflow)."
+    "Diffusion-GAN's cpu preset: the GAN's run, networks and Adam with a third of its penalty (44_report_diffgan_penalty), and the diffusion's defaults but half their noise ratio (33_report_diffflow)."
     (run, c), (grun, g) = DIFFUSION_GAN_PRESETS['cpu'], METHODS['gan'].presets['cpu']
-    assert run == grun and all(getattr(c, f.name) == getattr(g, f.name) for f in fields(g))
+    assert run == grun and [f.name for f in fields(g) if getattr(c, f.name) != getattr(g, f.name)] == ['gp'] and (c.gp, g.gp) == (1., 3.)
     extra = {f.name for f in fields(c)} - {f.name for f in fields(g)}
     assert c.sigma_n_ratio == SIGMA_N_RATIO / 2 and SIGMA_N_RATIO == DiffusionGANConfig().sigma_n_ratio
     assert 'sigma_n_ratio' in extra and all(getattr(c, k) == getattr(DiffusionGANConfig(), k) for k in extra - {'sigma_n_ratio'}), extra
