@@ -206,3 +206,17 @@ def test_a_forked_run_is_the_console_scripts_run(tmp_path, bin_dir):
     assert status == 2 and "unknown GAN loss 'wgan'" in err and 'Traceback' not in err, err
     status, err = gpm_train_process(['--data', 'mnist', '--preset', 'quick', '--out', tmp_path/'bad'], {**env, 'GPM_DATA': str(tmp_path/'nowhere')})
     assert status == 2 and str(tmp_path/'nowhere') in err, err
+
+def test_near_modes_reads_shares_and_spread_against_the_closed_form():
+    "near_modes on the mixture's own samples gives Rayleigh's shares 1 - exp(-k^2/2) and a spread of 1; modes drawn half as wide give 0.5."
+    import math, torch
+    from gpm_nb.data import get_dataset
+    from gpm_nb.report import near_modes
+    p = get_dataset('gaussians5'); torch.manual_seed(0); x = p.sample(20_000, 'cpu')
+    s = near_modes(x, 'gaussians5')
+    for k in (1, 2, 3): assert abs(s[k] - (1 - math.exp(-k ** 2 / 2))) < 0.01, (k, s)
+    assert abs(s['spread'] - 1) < 0.02 and s[20] == 1.
+    k = torch.cdist(x, p.means).argmin(1)
+    narrow = near_modes(p.means[k] + (x - p.means[k]) / 2, 'gaussians5')   # every sample half as far from its centre
+    assert abs(narrow['spread'] - 0.5) < 0.01 and abs(narrow[1] - (1 - math.exp(-2))) < 0.01
+    with pytest.raises(ValueError): near_modes(x, 'no_such_data')
