@@ -16,12 +16,13 @@ from .train import all_mean_, dist_info
 from .monoflow import GANLoss
 from .data import as_data
 from .gpm import (sample_shape, method_inputs, DiscriminatorField, DiscrFlow, Generator, GaussianPrior, GAN, RunConfig, GANConfig, no_input_features,
-                        DiscrFlowConfig, Method, register, _check, positive, pos_real, unit_interval, open_unit, EMB_RULE, _net_kind, generator_net, free_particles, spread, particle_eta, GAN_PRESETS)
+                        DiscrFlowConfig, Method, register, _check, positive, pos_real, unit_interval, open_unit, EMB_RULE, _net_kind, generator_net, free_particles, spread, particle_eta, GAN_PRESETS,
+                        DISCR_FLOW_PRESETS, DF_SPREAD)
 
 # %% auto #0
-__all__ = ['TS_DISTS', 'CONDS', 'SIGMA_N_RATIO', 'DIFFUSION_GAN_PRESETS', 'linear_betas', 'alphas_bar', 'diffuse',
-           'timestep_probs', 'AdaptiveDiffusion', 'rd_zero', 'LevelNet', 'DiffusedField', 'DiffusionFields',
-           'DiffusionGANConfig', 'DiffusedDiscrFlowConfig', 'resolve_sigma_n', 'diffusion', 'diffused_field',
+__all__ = ['TS_DISTS', 'CONDS', 'SIGMA_N_RATIO', 'X_FREQ_SPREAD', 'DIFFUSION_GAN_PRESETS', 'linear_betas', 'alphas_bar',
+           'diffuse', 'timestep_probs', 'AdaptiveDiffusion', 'rd_zero', 'LevelNet', 'DiffusedField', 'DiffusionFields',
+           'DiffusionGANConfig', 'DiffusedDiscrFlowConfig', 'resolve_diffusion', 'diffusion', 'diffused_field',
            'diffusion_gan', 'diffused_discr_flow']
 
 # %% ../nbs/19_diffgan.ipynb #3a28ce0f
@@ -206,7 +207,7 @@ def fit_step(self:DiffusedField, x_data:Tensor, x_particles:Tensor, t:Tensor) ->
 @dataclass(frozen=True)
 class DiffusionFields:
     "The forward diffusion and its adaptive length (Diffusion-GAN's defaults; sigma_n = 0: from the data)."
-    sigma_n: float = 0.        # noise scale of eq. (1); 0: resolved from the data (`resolve_sigma_n`)
+    sigma_n: float = 0.        # noise scale of eq. (1); 0: resolved from the data (`resolve_diffusion`)
     sigma_n_ratio: float = 0.1 # sigma_n = 0: this times the data's per-coordinate RMS std (the official ratio, `SIGMA_N_RATIO`)
     T_min: int = 10            # smallest length T
     T_max: int = 1000          # largest length T
@@ -236,31 +237,40 @@ class DiffusionFields:
 @dataclass(frozen=True)
 class DiffusionGANConfig(GANConfig, DiffusionFields):
     "Diffusion-GAN: the GAN's discriminator and generator plus the adaptive forward diffusion."
+    _x_freq_rule = (lambda v: v >= 0, '>= 0 (0: from the data)')   # x_freq = 0 with input features: resolved from the data (`resolve_diffusion`)
     def __post_init__(self): super().__post_init__(); self._check_diffusion()
 
 @dataclass(frozen=True)
 class DiffusedDiscrFlowConfig(DiscrFlowConfig, DiffusionFields):
     "Discriminator Flow with its discriminator behind the adaptive forward diffusion."
+    _x_freq_rule = DiffusionGANConfig._x_freq_rule
     def __post_init__(self): super().__post_init__(); self._check_diffusion()
 
 # %% ../nbs/19_diffgan.ipynb #6745fa6c
 SIGMA_N_RATIO = DiffusionFields.sigma_n_ratio   # 0.1: the official sigma_n = 0.05 over the ~0.5 per-pixel std of images in [-1, 1]
+X_FREQ_SPREAD = DISCR_FLOW_PRESETS['cpu'][1].x_freq * DF_SPREAD   # 0.55: Discriminator Flow's cpu features (0.25 cycles per unit of data scaled to the spread 2.2), per unit of spread
 
-def resolve_sigma_n(data, cfg):
-    "`cfg` with sigma_n = 0 replaced by `cfg.sigma_n_ratio` (by default SIGMA_N_RATIO) times the data's per-coordinate RMS std (from 2000 samples)."
+def resolve_diffusion(data, cfg):
+    "`cfg` with what the data decide, from the spread s of 2000 samples (`spread`): sigma_n = 0 becomes `cfg.sigma_n_ratio` (by default SIGMA_N_RATIO) times s; x_freq = 0, with input features, X_FREQ_SPREAD / s (2 significant digits)."
     data = as_data(data)
-    if cfg.sigma_n: return cfg
-    return replace(cfg, sigma_n=float(f"{cfg.sigma_n_ratio * spread(data.sample(2000, device='cpu')):.4g}"))
+    need_sigma, need_freq = not cfg.sigma_n, bool(cfg.x_emb) and not cfg.x_freq
+    if not (need_sigma or need_freq): return cfg
+    s = spread(data.sample(2000, device='cpu'))
+    if not s > 0: raise ValueError("the data have no spread (all samples equal): nothing to derive sigma_n and x_freq from; set --sigma_n and --x_freq")
+    if need_sigma: cfg = replace(cfg, sigma_n=float(f"{cfg.sigma_n_ratio * s:.4g}"))
+    if need_freq: cfg = replace(cfg, x_freq=float(f"{X_FREQ_SPREAD / s:.2g}"))
+    return cfg
 
 # %% ../nbs/19_diffgan.ipynb #0f313c97
 def diffusion(cfg:DiffusionFields) -> AdaptiveDiffusion:
     "The adaptive diffusion of config `cfg` (sigma_n resolved)."
-    if not cfg.sigma_n: raise ValueError("sigma_n must be set: resolve it from the data with `resolve_sigma_n`")
+    if not cfg.sigma_n: raise ValueError("sigma_n must be set: resolve it from the data with `resolve_diffusion`")
     return AdaptiveDiffusion(cfg.sigma_n, cfg.T_min, cfg.T_max, cfg.beta_min, cfg.beta_max, cfg.d_target, cfg.ada_kimg,
                              cfg.ada_interval, cfg.ts_dist, cfg.clean, cfg.pool, cfg.cond)
 
 def diffused_field(shape:tuple, cfg, t_emb:int, eta:float) -> DiffusedField:
     "A `DiffusedField` over a `DiscriminatorField` with a `LevelNet` for samples of `shape`."
+    if cfg.x_emb and not cfg.x_freq: raise ValueError("x_freq must be set for input features (x_emb > 0): resolve it from the data with `resolve_diffusion`")
     net = LevelNet(shape, cfg.width, cfg.depth, t_emb, cfg.s_emb, cfg.init_std, cfg.x_emb, cfg.x_freq)
     f = DiscriminatorField(net, cfg.loss, cfg.shift, cfg.lr, (cfg.beta1, cfg.beta2), cfg.gp, cfg.gp_center, cfg.gp_on, eta)
     return DiffusedField(f, diffusion(cfg), cfg.n_draws)
@@ -286,8 +296,8 @@ def diffused_discr_flow(data, cfg:DiffusedDiscrFlowConfig=DiffusedDiscrFlowConfi
 DIFFUSION_GAN_PRESETS = {
     'gpu': (RunConfig(steps=1900), DiffusionGANConfig()),
     'cpu': (GAN_PRESETS['cpu'][0],    # the GAN's cpu preset (16_gpm, 41_report_gan_adam: penalty 3, a ReLU generator, Adam at 4e-4 with beta2 0.99)
-            DiffusionGANConfig(**{**asdict(GAN_PRESETS['cpu'][1]), 'gp': 1.}, sigma_n_ratio=0.05)),   # with half the official noise (33_report_diffflow)
-                                                                                    # and a third of its penalty (44_report_diffgan_penalty)
+            DiffusionGANConfig(**{**asdict(GAN_PRESETS['cpu'][1]), 'gp': 1., 'x_emb': 64, 'x_freq': 0.}, sigma_n_ratio=0.05)),   # with half the official noise (33_report_diffflow)
+                                                                                    # a third of its penalty and input features at the data's scale (44_report_diffgan_penalty)
     'quick': (RunConfig(steps=150, eval_every=150, n_eval=500),
               DiffusionGANConfig(width=64, depth=2, g_width=64, g_depth=2, latent=16, gp=0.1, gp_on='interp', ema=0.99, s_emb=16)),
     'digits': (RunConfig(steps=6000, lr_decay=0.5, eval_every=1500, n_eval=5000),   # images: the cpu preset before it took the GAN's, as measured on digits
@@ -296,6 +306,6 @@ DIFFUSION_GAN_PRESETS = {
                 DiffusionGANConfig(**asdict(GAN_PRESETS['cifar10'][1]), sigma_n=0.05)),
 }
 register(Method('diffusion_gan', 'diffused discriminator D(y, level) with adaptive T', 'generator', GAN, DiffusionGANConfig,
-                DIFFUSION_GAN_PRESETS, diffusion_gan, resolve_sigma_n, image_preset='digits',
+                DIFFUSION_GAN_PRESETS, diffusion_gan, resolve_diffusion, image_preset='digits',
                 remedy="lower the learning rates (--lr for the discriminator, --g_lr for the generator) or change the gradient "
                        "penalty's weight (--gp); a lower target of the discriminator's sign (--d_target) diffuses its inputs more"))

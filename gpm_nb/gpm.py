@@ -527,12 +527,13 @@ class DiscriminatorConfig:
     ema: float = 0.            # decay of the weight average used to sample (0: none)
     x_emb: int = 0             # Fourier features of x in the MLP (`InputFeatures`, 03_nets eq. 2); 0: none
     x_freq: float = 1.         # std of their frequencies, per unit of the network's input
+    _x_freq_rule = pos_real    # (not a field) what x_freq must be; a method that derives it from the data allows 0
     def __post_init__(self):
         gan_loss(self.loss, self.shift)
         if self.gp_on not in GP_ON: raise ValueError(f"config field gp_on must be one of {', '.join(GP_ON)}, got {self.gp_on!r}")
         _check(self, width=positive, depth=positive, init_std=init_std_rule, lr=pos_real,
                beta1=unit_interval, beta2=unit_interval, gp=nonneg,
-               ema=unit_interval, x_emb=X_EMB_RULE, x_freq=pos_real)
+               ema=unit_interval, x_emb=X_EMB_RULE, x_freq=self._x_freq_rule)
 
 # %% ../nbs/16_gpm.ipynb #d148b339
 PRIORS = ('normal', 'moments')   # Discriminator Flow's priors (`free_particles`)

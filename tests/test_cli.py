@@ -4,7 +4,7 @@ from dataclasses import asdict, fields
 from types import SimpleNamespace
 import numpy as np, pytest, torch
 from gpm_nb.core import seed_everything
-from gpm_nb.data import ArrayData, load_digits, get_dataset
+from gpm_nb.data import ArrayData, load_digits, get_dataset, gaussians5
 from gpm_nb.gpm import METHODS, all_methods, RunConfig, DiscrFlow, flow_grid, spread
 from gpm_nb.train import read_checkpoint, load_checkpoint, NonFiniteLossError, CheckpointError
 from gpm_nb.cli import (train, make_run, run_configs, standardize, sample_run, load_run, bench, bench_compare, cpu_contention, gpm_train, gpm_sample, gpm_bench,
@@ -336,9 +336,26 @@ def test_a_run_that_does_not_fit_says_so(tmp_path, capsys):
     np.save(tmp_path/'x.npy', np.concatenate([rng.normal(3, 0.3, (500, 3)), rng.normal(-3, 0.3, (500, 3))]).astype(np.float32))
     m = train(method='discr_flow', data=str(tmp_path/'x.npy'), preset='quick', quiet=True, out=tmp_path/'r', steps=2, eval_every=2)
     assert 'diverged' not in m and m['energy'] > 20 * m['energy_floor'], m
-    assert 'do not fit the data' in m['warning'] and f"{m['energy'] / m['energy_floor']:.0f}x the real-vs-real floor" in m['warning']
+    assert 'do not fit the data: their energy distance over 4 fresh draws' in m['warning'], m['warning']   # confirmed by a second look
+    assert int(re.search(r'is (\d+)x the real-vs-real floor', m['warning']).group(1)) > 20, m['warning']
     assert json.loads((tmp_path/'r'/'metrics.json').read_text())['warning'] == m['warning']
     assert 'warning: the samples do not fit the data' in capsys.readouterr().err
+
+def test_a_final_draw_far_by_chance_is_not_a_misfit(tmp_path, monkeypatch):
+    "The final draw's energy scripted to 50x its floor: the second look (4 fresh draws, 10 real pairs) finds a model that draws the data, and no warning is written."
+    import gpm_nb.cli as cli_mod
+    data = gaussians5()
+    class Draws:
+        def __init__(self, shift): self.shift = shift
+        def sample(self, n, steps=None): return data.sample(n, 'cpu') + self.shift
+    real = cli_mod.evaluate
+    monkeypatch.setattr(cli_mod, 'evaluate', lambda x, d: {**real(x, d), 'energy': 0.05, 'energy_floor': 0.001})
+    config = dict(method='gan', data='gaussians5', standardize=None)
+    (tmp_path/'a').mkdir(); (tmp_path/'b').mkdir()
+    m = cli_mod._finish(tmp_path/'a', Draws(0.), config, data, 10, 1., 2000)
+    assert 'warning' not in m and 'warning' not in json.loads((tmp_path/'a'/'metrics.json').read_text()), m
+    m = cli_mod._finish(tmp_path/'b', Draws(1.), config, data, 10, 1., 2000)   # a model a unit off: far on the second look too
+    assert 'do not fit the data: their energy distance over 4 fresh draws' in m['warning'], m
 
 def test_a_run_that_got_worse_warns_and_keeps_its_best(tmp_path, capsys, monkeypatch):
     "Evaluations scripted to 0.02 at step 5, then 0.04 and 0.09: no divergence, but a warning; best.pt holds step 5 and samples."

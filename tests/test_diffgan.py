@@ -10,8 +10,8 @@ from gpm_nb.gpm import DiscriminatorField, RunConfig, METHODS, GAN, flow_grid
 from gpm_nb.train import Trainer, LogCB, save_checkpoint, load_checkpoint
 from gpm_nb.diffgan import (alphas_bar, linear_betas, diffuse, timestep_probs, AdaptiveDiffusion, DiffusedField, LevelNet, rd_zero,
                             DiffusionGANConfig, DiffusedDiscrFlowConfig, DIFFUSION_GAN_PRESETS, diffusion_gan, diffused_discr_flow,
-                            resolve_sigma_n, SIGMA_N_RATIO)
-from gpm_nb.cli import train, sample_run, read_log, gpm_train, gpm_sample
+                            resolve_diffusion, SIGMA_N_RATIO)
+from gpm_nb.cli import train, sample_run, read_log, gpm_train, gpm_sample, make_run
 from helpers import cli
 
 torch.set_num_threads(1)
@@ -116,7 +116,7 @@ def test_training_logs_p_T_r_d_and_clean_share_for_every_loss():
     run, cfg = DIFFUSION_GAN_PRESETS['quick']
     for loss in GAN_LOSSES:
         seed_everything(0)
-        c = resolve_sigma_n(p, replace(cfg, loss=loss, shift=5. if loss == 'saturating' else 0.))
+        c = resolve_diffusion(p, replace(cfg, loss=loss, shift=5. if loss == 'saturating' else 0.))
         model = diffusion_gan(p, c, RunConfig(batch_size=64), device='cpu')
         log = LogCB(every=5); Trainer(model, [log]).fit(15)
         assert [r['step'] for r in log.history] == [5, 10, 15]
@@ -130,7 +130,7 @@ def test_r_d_above_its_target_raises_T_in_training():
     seed_everything(0)
     few = ArrayData(gaussians5().sample(32, 'cpu'))
     run, cfg = DIFFUSION_GAN_PRESETS['quick']
-    model = diffusion_gan(few, resolve_sigma_n(few, replace(cfg, d_target=0.05)), run, device='cpu')
+    model = diffusion_gan(few, resolve_diffusion(few, replace(cfg, d_target=0.05)), run, device='cpu')
     log = LogCB(every=10); Trainer(model, [log]).fit(100)
     h = log.history
     assert all(0 <= r['p'] <= 1 and 10 <= r['T'] <= 1000 for r in h) and h[-1]['T'] > 50
@@ -146,7 +146,7 @@ def test_diffused_discriminator_flow_and_digits():
     m = diffused_discr_flow(gaussians5(), replace(cfg, grid_power=.5, grid_anneal=2., bf16=True), RunConfig(batch_size=32), device='cpu')
     assert torch.equal(m.particles.grid, flow_grid(5, .5, 2.)) and torch.equal(m.particles.grid_for(9), flow_grid(9, .5, 2.)) and m.bf16   # the config's grid and flow
     dg = get_dataset('digits')
-    m = diffusion_gan(dg, resolve_sigma_n(dg, DIFFUSION_GAN_PRESETS['quick'][1]), RunConfig(batch_size=16), device='cpu')
+    m = diffusion_gan(dg, resolve_diffusion(dg, DIFFUSION_GAN_PRESETS['quick'][1]), RunConfig(batch_size=16), device='cpu')
     assert 'T' in m.train_step() and m.sample(4).shape == (4, 1, 8, 8)
     with pytest.raises(ValueError, match='images need t_emb=0'): diffused_discr_flow(dg, cfg)
     with pytest.raises(ValueError, match="runs at the data's own scale.*data_scale must be 1, got 2.0"): diffused_discr_flow(gaussians5(), replace(cfg, data_scale=2.))
@@ -155,7 +155,7 @@ def test_checkpoint_keeps_the_adaptive_state(tmp_path):
     "p, T, the pool and the r_d accumulator are in the state dict: a resumed model continues exactly."
     seed_everything(0)
     run, cfg = DIFFUSION_GAN_PRESETS['quick']
-    cfg = resolve_sigma_n(gaussians5(), cfg)
+    cfg = resolve_diffusion(gaussians5(), cfg)
     a = diffusion_gan(gaussians5(), cfg, RunConfig(batch_size=32), device='cpu')
     for _ in range(40): a.field.diffusion.observe(1., 32)
     a.field.diffusion.observe(0.3, 32)                               # an accumulator in flight
@@ -175,9 +175,10 @@ def test_checkpoint_keeps_the_adaptive_state(tmp_path):
 # ---------------------------------------------------------------- the CLI
 
 def test_cpu_preset_is_the_gans_with_the_diffusion():
-    "Diffusion-GAN's cpu preset: the GAN's run, networks and Adam with a third of its penalty (44_report_diffgan_penalty), and the diffusion's defaults but half their noise ratio (33_report_diffflow)."
+    "Diffusion-GAN's cpu preset: the GAN's run, networks and Adam with a third of its penalty and input features at the data's scale (44_report_diffgan_penalty), and the diffusion's defaults but half their noise ratio (33_report_diffflow)."
     (run, c), (grun, g) = DIFFUSION_GAN_PRESETS['cpu'], METHODS['gan'].presets['cpu']
-    assert run == grun and [f.name for f in fields(g) if getattr(c, f.name) != getattr(g, f.name)] == ['gp'] and (c.gp, g.gp) == (1., 3.)
+    assert run == grun and [f.name for f in fields(g) if getattr(c, f.name) != getattr(g, f.name)] == ['gp', 'x_emb', 'x_freq']
+    assert (c.gp, g.gp) == (1., 3.) and (c.x_emb, c.x_freq) == (64, 0.) and g.x_emb == 0
     extra = {f.name for f in fields(c)} - {f.name for f in fields(g)}
     assert c.sigma_n_ratio == SIGMA_N_RATIO / 2 and SIGMA_N_RATIO == DiffusionGANConfig().sigma_n_ratio
     assert 'sigma_n_ratio' in extra and all(getattr(c, k) == getattr(DiffusionGANConfig(), k) for k in extra - {'sigma_n_ratio'}), extra
@@ -199,10 +200,22 @@ def test_cli_trains_resumes_and_samples(tmp_path, capsys):
     code, msg = cli(capsys, gpm_sample, out, '--n', 30, '--out', tmp_path/'s.npy')
     assert code == 0 and 'wrote (30, 2) samples' in msg, msg
     assert sample_run(out, 7).shape == (7, 2)
-    for extra in (['--loss', 'ipm', '--gp', '1'], ['--loss', 'saturating', '--shift', '5'], ['--ts_dist', 'uniform', '--cond', 'step']):
+    for extra in (['--loss', 'ipm', '--gp', '1'], ['--loss', 'saturating', '--shift', '5'], ['--ts_dist', 'uniform', '--cond', 'step'],
+                  ['--x_emb', '16', '--x_freq', '0']):
         code, msg = cli(capsys, gpm_train, '--method', 'diffusion_gan', '--preset', 'quick', '--steps', 5, '--eval_every', 5,
                         '--out', tmp_path/extra[1], '--quiet', '--n_samples', 50, *extra)
         assert code == 0, msg
+    assert json.loads((tmp_path/'16'/'config.json').read_text())['cfg']['x_freq'] == 0.25   # 0.55 over the 5 Gaussians' spread 2.18, recorded
+
+def test_cpu_preset_resolves_the_features_from_the_data(tmp_path):
+    "The cpu preset's x_freq = 0 becomes 0.55 over the data's spread: per toy, on a user's array (standardised: 0.55 whatever its units); images drop the features."
+    for name, f in (('gaussians5', 0.25), ('gaussians8', 0.39), ('gaussians25', 0.19), ('moons', 0.55)):
+        assert make_run('diffusion_gan', name, 'cpu', device='cpu')['cfg'].x_freq == f, name
+    for scale in (1., 1000.):
+        np.save(tmp_path/f'a{scale:g}.npy', scale * gaussians5().sample(3000, 'cpu').numpy())
+        assert make_run('diffusion_gan', str(tmp_path/f'a{scale:g}.npy'), 'cpu', device='cpu')['cfg'].x_freq == 0.55
+    r = make_run('diffusion_gan', 'digits', 'cpu', device='cpu')
+    assert r['cfg'].x_emb == 0 and r['model'].sample(2).shape == (2, 1, 8, 8)
 
 # ---------------------------------------------------------------- bad input
 
@@ -216,9 +229,14 @@ def test_cli_trains_resumes_and_samples(tmp_path, capsys):
     (dict(sigma_n=-1.), 'config field sigma_n must be >= 0'),
     (dict(ada_kimg=0.), 'config field ada_kimg must be > 0'),
     (dict(cond='raw'), 'config field cond must be one of noise, step'),
-    (dict(T_min=1), "config field T_min must be >= 2 with ts_dist='priority'")])
+    (dict(T_min=1), "config field T_min must be >= 2 with ts_dist='priority'"),
+    (dict(x_freq=-0.5), 'config field x_freq must be >= 0 (0: from the data), got -0.5')])
 def test_bad_config_names_the_field(kw, msg):
     with pytest.raises(ValueError, match=msg.replace('(', r'\(').replace(')', r'\)').replace('[', r'\[')): DiffusionGANConfig(**kw)
+
+class Constant:
+    "A data source (not an array, which refuses a single point) that draws one point over and over."
+    def sample(self, n, device='cpu'): return torch.zeros(n, 2, device=device)
 
 def test_bad_input_elsewhere(capsys, tmp_path):
     with pytest.raises(ValueError, match='d_target must be in'): AdaptiveDiffusion(d_target=1.)
@@ -227,6 +245,9 @@ def test_bad_input_elsewhere(capsys, tmp_path):
     with pytest.raises(ValueError, match='clean share must be in'): AdaptiveDiffusion(clean=1.)
     with pytest.raises(ValueError, match='n_draws must be a positive integer'): controlled_field().__class__(DiscriminatorField(Controlled()), AdaptiveDiffusion(), 0)
     with pytest.raises(ValueError, match='sigma_n must be set'): diffusion_gan(gaussians5(), DiffusionGANConfig())
+    with pytest.raises(ValueError, match=r'x_freq must be set for input features \(x_emb > 0\): resolve it from the data with `resolve_diffusion`'):
+        diffusion_gan(gaussians5(), DiffusionGANConfig(sigma_n=0.2, x_emb=64, x_freq=0.))
+    with pytest.raises(ValueError, match='the data have no spread'): resolve_diffusion(Constant(), DiffusionGANConfig())
     code, msg = cli(capsys, gpm_train, '--method', 'diffusion_gan', '--preset', 'quick', '--d_target', '2', '--out', tmp_path/'x')
     assert code == 2 and 'config field d_target must be in (0, 1)' in msg and 'Traceback' not in msg, msg
 
