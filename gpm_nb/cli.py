@@ -233,7 +233,7 @@ def redrawn_energy(model, config:dict, data, # a trained model, its run's config
 # %% ../nbs/20_cli.ipynb #bd720ba6
 def _finish(out:Path, model, config:dict, data, step:int, secs:float, n:int, failure:str|None=None,
             best:dict|None=None, warning:str|None=None) -> dict:
-    "Draw `n` samples, evaluate them, write samples.npy, samples.png and metrics.json (with the `best` evaluation and a `warning`, also when they are `far_from_data` on that draw and over `redrawn_energy`'s); return the metrics (rank 0; the other processes return the step)."
+    "Draw `n` samples, evaluate them, write samples.npy, samples.png and metrics.json (with the `best` evaluation and a `warning`, also when they are `far_from_data` on that draw and on `redrawn_energy`'s second look, which it records); return the metrics (rank 0; the other processes return the step)."
     if dist_info()[0]: return dict(step=step)
     x = draw(model, config, n)
     metrics = dict(step=step, train_seconds=round(secs, 1), n_samples=len(x), **evaluate(x, data))
@@ -244,7 +244,9 @@ def _finish(out:Path, model, config:dict, data, step:int, secs:float, n:int, fai
     else:
         remedy = get_method(config['method']).remedy
         far = far_from_data(metrics, remedy=remedy)
-        if far: far = far_from_data(redrawn_energy(model, config, data, len(x)), remedy=remedy)   # far by chance, or far: eq. (1)
+        if far:   # far by chance, or far (eq. 1): the second look decides, and metrics.json records it
+            metrics['redrawn'] = redrawn_energy(model, config, data, len(x))
+            far = far_from_data(metrics['redrawn'], remedy=remedy)
         warning = '; '.join(w for w in (warning, far) if w) or None
     if warning:
         metrics['warning'] = warning; print(f"warning: {warning}", file=sys.stderr, flush=True)

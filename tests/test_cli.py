@@ -338,6 +338,7 @@ def test_a_run_that_does_not_fit_says_so(tmp_path, capsys):
     assert 'diverged' not in m and m['energy'] > 20 * m['energy_floor'], m
     assert 'do not fit the data: their energy distance over 4 fresh draws' in m['warning'], m['warning']   # confirmed by a second look
     assert int(re.search(r'is (\d+)x the real-vs-real floor', m['warning']).group(1)) > 20, m['warning']
+    assert m['warning'].count('fresh draws') == 1 and m['redrawn']['energy'] > 20 * m['redrawn']['energy_floor'], m
     assert json.loads((tmp_path/'r'/'metrics.json').read_text())['warning'] == m['warning']
     assert 'warning: the samples do not fit the data' in capsys.readouterr().err
 
@@ -354,8 +355,10 @@ def test_a_final_draw_far_by_chance_is_not_a_misfit(tmp_path, monkeypatch):
     (tmp_path/'a').mkdir(); (tmp_path/'b').mkdir()
     m = cli_mod._finish(tmp_path/'a', Draws(0.), config, data, 10, 1., 2000)
     assert 'warning' not in m and 'warning' not in json.loads((tmp_path/'a'/'metrics.json').read_text()), m
+    r = m['redrawn']   # the second look is recorded
+    assert (r['draws'], r['pairs']) == (4, 10) and r['energy'] < 3 * r['energy_floor'], r
     m = cli_mod._finish(tmp_path/'b', Draws(1.), config, data, 10, 1., 2000)   # a model a unit off: far on the second look too
-    assert 'do not fit the data: their energy distance over 4 fresh draws' in m['warning'], m
+    assert 'do not fit the data: their energy distance over 4 fresh draws' in m['warning'] and m['redrawn']['energy'] > 20 * m['redrawn']['energy_floor'], m
 
 def test_a_run_that_got_worse_warns_and_keeps_its_best(tmp_path, capsys, monkeypatch):
     "Evaluations scripted to 0.02 at step 5, then 0.04 and 0.09: no divergence, but a warning; best.pt holds step 5 and samples."
