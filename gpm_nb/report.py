@@ -6,7 +6,7 @@
 __all__ = ['DF_RECORD_SETTING', 'run_key', 'preset_repr', 'same_run', 'run_cli', 'extra_tag', 'steps_args', 'digits_run',
            'verdict', 'check_runs', 'toy_table', 'toy_scatter', 'run_label', 'digits_table', 'digit_grids',
            'gpm_train_process', 'report_toys', 'clusters', 'clusters_file', 'record_args', 'df_record_run',
-           'redraw_ratios', 'energy_redrawn', 'near_modes']
+           'redraw_ratios', 'energy_redrawn', 'near_modes', 'near_radius']
 
 # %% ../nbs/30_report.ipynb #b3d811d3
 import json, math, os, re, shutil, subprocess, sys, time
@@ -239,3 +239,10 @@ def near_modes(x, # samples, (n, 2)
     d = torch.cdist(x, p.means.to(x)).min(1).values / p.std
     near = d[d < 6]
     return {**{k: (d < k).float().mean().item() for k in ks}, 'spread': ((near ** 2).mean() / 2).sqrt().item()}
+
+# %% ../nbs/30_report.ipynb #a9c01856
+def near_radius(d:int) -> float:
+    "The radius, in std, that holds 1 - exp(-9/2) of a d-dimensional Gaussian's samples (3 in 2-D): a quantile of chi_d, estimated; 'near a cluster' for a user's array of Gaussian clusters."
+    import numpy as np
+    r = np.linalg.norm(np.random.default_rng(1).normal(size=(200_000, d)), axis=1)
+    return float(np.quantile(r, 1 - np.exp(-4.5)))
