@@ -744,8 +744,8 @@ DISCR_FLOW_PRESETS = {
               DiscrFlowConfig(loss='ipm', K=64, eta=2., gp=0.04, gp_center=0., gp_on='interp')),
     'celeba64': (RunConfig(steps=200_000, batch_size=64, eval_every=10_000, n_eval=10_000),
                  DiscrFlowConfig(loss='ipm', K=25, eta=2., gp=0.05, gp_center=0., gp_on='interp')),
-    'digits': (RunConfig(steps=6000, lr_decay=0.5, n_eval=5000),
-               DiscrFlowConfig(K=28, width=512, gp=0.1, gp_on='interp', eta=20., lr=2e-3, ema=0.999, prior='moments')),
+    'digits': (RunConfig(steps=9000, lr_decay=0.5, n_eval=5000),
+               DiscrFlowConfig(K=28, width=512, gp=0.1, gp_on='interp', eta=12., lr=2e-3, ema=0.999, prior='moments')),
 }
 GPM_ADAM = dict(lr=2e-4, g_lr=2e-4, beta2=0.999)   # GPM's Adam for both networks (GANConfig's defaults), which presets measured with it pin
 GAN_PRESETS = {
