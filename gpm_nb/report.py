@@ -144,7 +144,10 @@ def _gpm_train_child(argv:list, env:dict, err:str):
     if env.get('OMP_NUM_THREADS'): torch.set_num_threads(int(env['OMP_NUM_THREADS']))
     with open(err, 'w') as e, open(os.devnull, 'w') as null: os.dup2(null.fileno(), 1); os.dup2(e.fileno(), 2)
     from gpm_nb.cli import gpm_train
-    gpm_train(argv)
+    code = 1                                                   # an exception that escapes gpm_train
+    try: gpm_train(argv); code = 0
+    except SystemExit as e: code = e.code if isinstance(e.code, int) else int(e.code is not None); raise
+    finally: Path(err).with_name('status').write_text(str(code))   # the child's own word on its exit status
 
 def gpm_train_process(argv:list, # gpm_train's arguments (anything `str` turns into one)
                       env:dict) -> tuple: # the run's environment variables
@@ -162,8 +165,9 @@ def gpm_train_process(argv:list, # gpm_train's arguments (anything `str` turns i
         p.start()
         try: p.join()
         except BaseException: p.kill(); p.join(); raise   # an interrupted report stops its run, as subprocess.run does
-        err = Path(tmp)/'stderr'
-        return p.exitcode, err.read_text() if err.exists() else f"the forked process stopped before gpm_train ran (exit {p.exitcode}): see this process's stderr"
+        err, status = Path(tmp)/'stderr', Path(tmp)/'status'
+        code = int(status.read_text()) if status.exists() else p.exitcode   # the server's report of it can be lost (255) under load
+        return code, err.read_text() if err.exists() else f"the forked process stopped before gpm_train ran (exit {p.exitcode}): see this process's stderr"
 
 # %% ../nbs/30_report.ipynb #82897533
 def report_toys(preset:str) -> list:
