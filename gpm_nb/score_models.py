@@ -453,7 +453,7 @@ SD_FLOW_PRESETS = {
 }
 SCORE_GAN_PRESETS = {
     'gpu': (RunConfig(steps=41_500), ScoreGANConfig(teacher_steps=10_000, g_act='relu')),   # GPM's: a ReLU generator
-    'cpu': (RunConfig(steps=30_000, batch_size=512, lr_decay=0.2, eval_every=2000, n_eval=5000),   # EDM's cpu denoiser, averaged, as the teacher;
+    'cpu': (RunConfig(steps=45_000, batch_size=512, lr_decay=0.2, eval_every=2000, n_eval=5000),   # EDM's cpu denoiser, averaged, as the teacher;
             ScoreGANConfig(width=256, depth=3, x_emb=64, sigma_data=0., teacher_steps=10_000, teacher_ema=0.999,   # the push's levels from the data
                            n_fake=2, fake_share=0.5, fake_lr=1e-3, latent=32, g_width=256, g_depth=3, g_lr=1e-3,   # the fake denoiser's two steps
                            push_sigma_min=0., push_sigma_max=3., push_rho=7., g_ema=0.999, g_act='relu',           # on half a batch; the top level
