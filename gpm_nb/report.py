@@ -7,7 +7,7 @@ __all__ = ['DF_RECORD_SETTING', 'DF_DIGITS_RECORD', 'SCORE_GAN_CPU_RECORD', 'run
            'extra_tag', 'steps_args', 'digits_run', 'verdict', 'check_runs', 'toy_table', 'toy_scatter', 'run_label',
            'digits_table', 'digit_grids', 'gpm_train_process', 'report_toys', 'clusters', 'clusters_file',
            'score_gan_record', 'record_args', 'df_record_run', 'redraw_ratios', 'energy_redrawn', 'near_modes',
-           'near_radius']
+           'near_radius', 'near_clusters']
 
 # %% ../nbs/30_report.ipynb #b3d811d3
 import json, math, os, re, shutil, subprocess, sys, time
@@ -259,3 +259,11 @@ def near_radius(d:int) -> float:
     import numpy as np
     r = np.linalg.norm(np.random.default_rng(1).normal(size=(200_000, d)), axis=1)
     return float(np.quantile(r, 1 - np.exp(-4.5)))
+
+def near_clusters(out, # a run folder on the user array `clusters_file(runs, d)`
+                  d:int) -> dict:
+    "`mode_stats` of the run's final draw (its samples.npy) against `clusters(d)`: the share near a cluster at `near_radius(d)` std, the clusters covered."
+    import numpy as np, torch
+    from gpm_nb.metrics import mode_stats
+    p = clusters(d)
+    return mode_stats(torch.from_numpy(np.load(Path(out)/'samples.npy')).float(), p.means, p.std, n_std=near_radius(d))
