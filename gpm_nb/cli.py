@@ -24,9 +24,9 @@ from .yardstick import digits_metrics, inception_weights, inception_net, incepti
 # %% auto #0
 __all__ = ['REMEDY', 'CHECKPOINTS', 'Standardized', 'standardize', 'DataShape', 'preset_names', 'run_configs', 'make_run',
            'to_model_scale', 'to_data_scale', 'draw', 'plot_samples', 'DivergedError', 'DivergenceCB', 'degradation',
-           'far_from_data', 'run_config', 'redrawn_energy', 'train', 'read_log', 'gpm_train', 'load_run', 'sample_run',
-           'inception_fid_run', 'gpm_sample', 'count_nfe', 'GPUUtilisation', 'bench', 'profile_ops', 'bench_compare',
-           'cpu_contention', 'gpm_bench']
+           'far_from_data', 'off_modes', 'run_config', 'redrawn_energy', 'train', 'read_log', 'gpm_train', 'load_run',
+           'sample_run', 'inception_fid_run', 'gpm_sample', 'count_nfe', 'GPUUtilisation', 'bench', 'profile_ops',
+           'bench_compare', 'cpu_contention', 'gpm_bench']
 
 # %% ../nbs/20_cli.ipynb #aa63d969
 class Standardized:
@@ -183,6 +183,18 @@ def far_from_data(m:dict, # final metrics: `energy` and its real-vs-real `energy
     return (f"the samples do not fit the data: their energy distance{over}, {e:.3g}, is {e / f:.0f}x the real-vs-real floor ({f:.2g}), "
             f"where runs that fit end within about 10x. See samples.png. To try: train longer (--steps); {remedy or REMEDY}")
 
+# %% ../nbs/20_cli.ipynb #32c4db97
+def off_modes(m:dict, # final metrics: on a mixture `modes_covered` of `n_modes` and the share `high_quality` (`mode_stats`)
+              min_share:float=0.9, # warn below this share within 3 std of a mode
+              remedy:str='') -> str|None: # what to change, in the method's own flags (`Method.remedy`); default: lower the learning rate
+    "Why samples with the metrics `m` are off a mixture's modes (a mode missed, or less than `min_share` of them within 3 std of one), and what to try; or None (data without modes too)."
+    k, n, hq = m.get('modes_covered'), m.get('n_modes'), m.get('high_quality')
+    if k is None or not n: return None
+    if k < n: why = f"the samples miss {n - k} of the data's {n} modes (fewer than 1% of the samples within 3 std of each; {hq:.0%} of them within 3 std of a mode)"
+    elif hq < min_share: why = f"only {hq:.0%} of the samples lie within 3 std of one of the data's {n} modes (a draw of the data: about 99%)"
+    else: return None
+    return f"{why}. See samples.png. To try: train longer (--steps); {remedy or REMEDY}"
+
 # %% ../nbs/20_cli.ipynb #b2370f74
 def run_config(run:str|Path) -> dict:
     "The configuration a run folder's `config.json` records; a `ValueError` when it has none."
@@ -233,7 +245,7 @@ def redrawn_energy(model, config:dict, data, # a trained model, its run's config
 # %% ../nbs/20_cli.ipynb #bd720ba6
 def _finish(out:Path, model, config:dict, data, step:int, secs:float, n:int, failure:str|None=None,
             best:dict|None=None, warning:str|None=None) -> dict:
-    "Draw `n` samples, evaluate them, write samples.npy, samples.png and metrics.json (with the `best` evaluation and a `warning`, also when they are `far_from_data` on that draw and on `redrawn_energy`'s second look, which it records); return the metrics (rank 0; the other processes return the step)."
+    "Draw `n` samples, evaluate them, write samples.npy, samples.png and metrics.json (with the `best` evaluation and a `warning`, also when they are `far_from_data` on that draw and on `redrawn_energy`'s second look, which it records, or `off_modes`); return the metrics (rank 0; the other processes return the step)."
     if dist_info()[0]: return dict(step=step)
     x = draw(model, config, n)
     metrics = dict(step=step, train_seconds=round(secs, 1), n_samples=len(x), **evaluate(x, data))
@@ -247,7 +259,7 @@ def _finish(out:Path, model, config:dict, data, step:int, secs:float, n:int, fai
         if far:   # far by chance, or far (eq. 1): the second look decides, and metrics.json records it
             metrics['redrawn'] = redrawn_energy(model, config, data, len(x))
             far = far_from_data(metrics['redrawn'], remedy=remedy)
-        warning = '; '.join(w for w in (warning, far) if w) or None
+        warning = '; '.join(w for w in (warning, far, off_modes(metrics, remedy=remedy)) if w) or None
     if warning:
         metrics['warning'] = warning; print(f"warning: {warning}", file=sys.stderr, flush=True)
         with open(out/'train_log.jsonl', 'a') as f: f.write(json.dumps(dict(step=step, warning=warning)) + '\n')

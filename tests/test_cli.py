@@ -342,6 +342,27 @@ def test_a_run_that_does_not_fit_says_so(tmp_path, capsys):
     assert json.loads((tmp_path/'r'/'metrics.json').read_text())['warning'] == m['warning']
     assert 'warning: the samples do not fit the data' in capsys.readouterr().err
 
+def test_a_run_off_the_modes_says_so(tmp_path, capsys):
+    "Stand-in models of the 5 Gaussians: one that misses a mode and one that draws every mode twice as wide each get a warning that says so and what to try; one that draws the data gets none."
+    import gpm_nb.cli as cli_mod
+    data = gaussians5()
+    class Draws:
+        def __init__(self, keep, wide=1.): self.keep, self.wide = keep, wide   # which modes the stand-in model draws, and how wide
+        def sample(self, n, steps=None):
+            x = data.sample(4 * n, 'cpu'); k = torch.cdist(x, data.means).argmin(1)
+            return (data.means[k] + self.wide * (x - data.means[k]))[self.keep[k]][:n]
+    config = dict(method='discr_flow', data='gaussians5', standardize=None)
+    for d in 'abc': (tmp_path/d).mkdir()
+    m = cli_mod._finish(tmp_path/'a', Draws(torch.tensor([True] * 5)), config, data, 10, 1., 2000)
+    assert m['modes_covered'] == 5 and m['high_quality'] > 0.95 and 'warning' not in m, m
+    m = cli_mod._finish(tmp_path/'c', Draws(torch.tensor([True] * 5), wide=2.), config, data, 10, 1., 2000)
+    assert m['modes_covered'] == 5 and m['high_quality'] < 0.8 and "of the samples lie within 3 std of one of the data's 5 modes" in m['warning'], m
+    m = cli_mod._finish(tmp_path/'b', Draws(torch.tensor([False] + [True] * 4)), config, data, 10, 1., 2000)
+    assert m['modes_covered'] == 4 and "the samples miss 1 of the data's 5 modes" in m['warning'], m
+    assert all(s in m['warning'] for s in ('within 3 std of a mode', 'samples.png', '--steps', '--gp 1')), m['warning']
+    assert json.loads((tmp_path/'b'/'metrics.json').read_text())['warning'] == m['warning']
+    assert "warning: " in capsys.readouterr().err
+
 def test_a_final_draw_far_by_chance_is_not_a_misfit(tmp_path, monkeypatch):
     "The final draw's energy scripted to 50x its floor: the second look (4 fresh draws, 10 real pairs) finds a model that draws the data, and no warning is written."
     import gpm_nb.cli as cli_mod
