@@ -173,6 +173,8 @@ def degradation(last:dict, # metrics of the last evaluation
             f"with `gpm_sample {run} --checkpoint best`; to train past it, lower the learning rate, decay it (--lr_decay) or train fewer steps")
 
 # %% ../nbs/20_cli.ipynb #23d6d800
+def _to_try(remedy:str) -> str: return f"See samples.png. To try: train longer (--steps); {remedy or REMEDY}"   # the close of a misfit warning
+
 def far_from_data(m:dict, # final metrics: `energy` and its real-vs-real `energy_floor`
                   max_floor:float=20., # warn above max_floor x floor
                   remedy:str='') -> str|None: # what to change, in the method's own flags (`Method.remedy`); default: lower the learning rate
@@ -181,7 +183,7 @@ def far_from_data(m:dict, # final metrics: `energy` and its real-vs-real `energy
     if e is None or not f > 0 or e <= max_floor * f: return None
     over = f" over {m['draws']} fresh draws" if 'draws' in m else ''   # `redrawn_energy`'s steadier figures
     return (f"the samples do not fit the data: their energy distance{over}, {e:.3g}, is {e / f:.0f}x the real-vs-real floor ({f:.2g}), "
-            f"where runs that fit end within about 10x. See samples.png. To try: train longer (--steps); {remedy or REMEDY}")
+            f"where runs that fit end within about 10x. {_to_try(remedy)}")
 
 # %% ../nbs/20_cli.ipynb #32c4db97
 def off_modes(m:dict, # final metrics: on a mixture `modes_covered` of `n_modes` and the share `high_quality` (`mode_stats`)
@@ -193,7 +195,7 @@ def off_modes(m:dict, # final metrics: on a mixture `modes_covered` of `n_modes`
     if k < n: why = f"the samples miss {n - k} of the data's {n} modes (fewer than 1% of the samples within 3 std of each; {hq:.0%} of them within 3 std of a mode)"
     elif hq < min_share: why = f"only {hq:.0%} of the samples lie within 3 std of one of the data's {n} modes (a draw of the data: about 99%)"
     else: return None
-    return f"{why}. See samples.png. To try: train longer (--steps); {remedy or REMEDY}"
+    return f"{why}. {_to_try(remedy)}"
 
 # %% ../nbs/20_cli.ipynb #b2370f74
 def run_config(run:str|Path) -> dict:
